@@ -1,0 +1,3 @@
+from ltx_ray.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,184 @@
+"""The job's typed configuration: one tree, one source of truth for every default.
+
+`RequestConfig` is the public contract of SPEC-endpoint.md, field for field,
+with the spec's names and defaults. The other sections are what a cluster job
+needs beside it. Ranges and enums live in `RULES` / `ENUMS` below and are
+enforced by `ltx_ray.config.validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+DEFAULT_NEGATIVE_PROMPT = (
+    "worst quality, low quality, blurry, out of focus, jittery, inconsistent motion, "
+    "flickering, distorted, deformed, disfigured, morphing, warped faces, extra limbs, "
+    "watermark, text, logo, subtitles, compression artifacts, static frame, "
+    "muffled audio, distorted audio, clipping, noise, hiss, off-sync sound"
+)
+
+
+@dataclass
+class ValidationSample:
+    """One validation preview: a prompt and the reference clip (and optional audio) to transform."""
+
+    prompt: str = ""
+    reference_video_url: str = MISSING
+    reference_audio_url: Optional[str] = None
+
+
+@dataclass
+class RequestConfig:
+    """The training request, exactly as SPEC-endpoint.md names and defaults it."""
+
+    training_data_url: str = MISSING
+    trigger_phrase: str = ""
+    rank: int = 32
+    number_of_steps: int = 2000
+    learning_rate: float = 0.0002
+    reference_downscale_factor: int = 1
+    reference_temporal_scale_factor: int = 1
+    number_of_frames: int = 89
+    frame_rate: int = 24
+    resolution: str = "medium"
+    aspect_ratio: str = "1:1"
+    auto_scale_input: bool = False
+    split_input_into_scenes: bool = False
+    split_input_duration_threshold: float = 30.0
+    audio_normalize: bool = True
+    audio_preserve_pitch: bool = True
+    validation: List[ValidationSample] = field(default_factory=list)
+    validation_negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    validation_number_of_frames: int = 89
+    validation_frame_rate: int = 24
+    validation_resolution: str = "high"
+    validation_aspect_ratio: str = "1:1"
+    stg_scale: float = 1.0
+    debug_dataset: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """Where the base model lives: an LTX-2.3 single-file checkpoint and a Gemma-3 directory."""
+
+    checkpoint: str = "ltx-2.3-22b-dev.safetensors"
+    text_encoder: str = "gemma-3-12b-it"
+    # LoRA placement: the video/audio self- and text-attention by default.
+    lora_targets: List[str] = field(
+        default_factory=lambda: ["attn1", "attn2", "audio_attn1", "audio_attn2"]
+    )
+    lora_include_feed_forward: bool = False
+    lora_include_cross_modal: bool = False
+
+
+@dataclass
+class ClusterConfig:
+    """How the work is spread: Ray Train workers and DeepSpeed ZeRO."""
+
+    num_workers: int = 8
+    use_gpu: bool = True
+    resources_per_worker: Dict[str, float] = field(
+        default_factory=lambda: {"CPU": 8.0, "GPU": 1.0}
+    )
+    zero_stage: int = 2
+    gradient_checkpointing: bool = True
+    micro_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    precision: str = "bf16"
+    # Ray Data workers that decode clips, and encoder actors that turn them into latents.
+    decode_workers: int = 4
+    encode_actors: int = 1
+    max_failures: int = 3
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation schedule beyond the request's steps and learning rate."""
+
+    lr_scheduler: str = "constant"
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 250
+    num_checkpoints_to_keep: int = 2
+    validation_every: int = 500
+    validation_inference_steps: int = 30
+    # Test hook: raise inside the worker loop once, at this step (0 = never).
+    fail_at_step: int = 0
+
+
+@dataclass
+class StorageConfig:
+    """Where checkpoints, latents and outputs land: a local folder, s3:// or gs://."""
+
+    storage_path: str = "./runs"
+    # Empty: derived from the request, so re-running the same command resumes the same run.
+    run_name: str = ""
+    # For S3-compatible stores (MinIO, moto, R2); credentials come from the environment.
+    endpoint_override: Optional[str] = None
+    region: Optional[str] = None
+
+
+@dataclass
+class TrackingConfig:
+    """Weights & Biases reporting from rank 0."""
+
+    project: str = "ltx-ray"
+    entity: Optional[str] = None
+    # auto: online when WANDB_API_KEY is set, offline otherwise.
+    mode: str = "auto"
+
+
+@dataclass
+class JobConfig:
+    """The whole job: the request plus model, cluster, training, storage and tracking."""
+
+    request: RequestConfig = field(default_factory=RequestConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 42
+
+
+# Closed ranges, inclusive, keyed by field path.
+RULES: Dict[str, tuple[Any, Any]] = {
+    "request.number_of_steps": (100, 20000),
+    "request.reference_downscale_factor": (1, 8),
+    "request.reference_temporal_scale_factor": (1, 8),
+    "request.number_of_frames": (9, 121),
+    "request.frame_rate": (8, 60),
+    "request.split_input_duration_threshold": (1.0, 60.0),
+    "request.validation_number_of_frames": (9, 121),
+    "request.validation_frame_rate": (8, 60),
+    "request.stg_scale": (0.0, 3.0),
+    "cluster.num_workers": (1, 4096),
+    "cluster.micro_batch_size": (1, 64),
+    "cluster.gradient_accumulation_steps": (1, 1024),
+    "cluster.decode_workers": (1, 1024),
+    "cluster.encode_actors": (1, 1024),
+    "cluster.max_failures": (-1, 1000),
+    "train.warmup_steps": (0, 20000),
+    "train.checkpoint_every": (1, 20000),
+    "train.num_checkpoints_to_keep": (1, 100),
+    "train.validation_every": (1, 20000),
+    "train.validation_inference_steps": (1, 200),
+}
+
+ENUMS: Dict[str, tuple] = {
+    "request.rank": (8, 16, 32, 64, 128),
+    "request.resolution": ("low", "medium", "high"),
+    "request.aspect_ratio": ("16:9", "1:1", "9:16"),
+    "request.validation_resolution": ("low", "medium", "high"),
+    "request.validation_aspect_ratio": ("16:9", "1:1", "9:16"),
+    "cluster.zero_stage": (2, 3),
+    "cluster.precision": ("bf16", "fp32"),
+    "train.lr_scheduler": ("constant", "linear", "cosine"),
+    "tracking.mode": ("auto", "online", "offline", "disabled"),
+}
+
+MAX_VALIDATION_SAMPLES = 2

@@ -1,0 +1,38 @@
+"""Errors a user can cause. Each carries the field or file it is about.
+
+The CLI turns them into exit code 2, the job's equivalent of an HTTP 422:
+the request is refused before any cluster time is spent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a request: where (a field path or a file name) and why."""
+
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+class UserError(Exception):
+    """Base of the errors caused by the request or its data, reported as a 422."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[Problem] | Problem):
+        self.problems = [problems] if isinstance(problems, Problem) else list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class ConfigError(UserError):
+    """The request or job configuration breaks a rule of the spec."""
+
+
+class DatasetError(UserError):
+    """The training archive, a clip, or a validation input cannot be used."""

@@ -1,0 +1,10 @@
+"""Shared test set-up. Stage fixtures live in their own plugin modules beside this file."""
+
+import os
+
+# Keep every test on the CPU and offline, whatever the machine has.
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+pytest_plugins = ["fixtures_data", "fixtures_model"]
