@@ -19,6 +19,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (
         ("validate", "check a config against the spec and print it resolved (exit 2 on errors)"),
+        ("preprocess", "fetch, decode and encode the dataset into the latent cache"),
+        ("train", "run the whole job: preprocess, train, validate, write outputs"),
     ):
         c = sub.add_parser(name, help=help_)
         c.add_argument("config", help="YAML config file (e.g. conf/default.yaml)")
@@ -36,6 +38,16 @@ def main(argv: list[str] | None = None) -> int:
         job, _warnings = load_config(args.config, args.overrides)
         if args.command == "validate":
             sys.stdout.write(dump_yaml(job))
+            return 0
+        if args.command == "preprocess":
+            from ltx_ray.data.pipeline import run_preprocess
+
+            run_preprocess(job)
+            return 0
+        if args.command == "train":
+            from ltx_ray.train.driver import run_job
+
+            run_job(job)
             return 0
     except UserError as err:
         print(f"error: the request was rejected ({len(err.problems)} problem(s)):", file=sys.stderr)

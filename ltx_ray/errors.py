@@ -36,3 +36,7 @@ class ConfigError(UserError):
 
 class DatasetError(UserError):
     """The training archive, a clip, or a validation input cannot be used."""
+
+
+class ModelError(UserError):
+    """A model checkpoint, text-encoder directory or LoRA file is missing, malformed or incomplete."""

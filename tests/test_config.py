@@ -219,7 +219,14 @@ def test_validation_sample_needs_a_reference_video():
 
 def test_validation_sample_reference_audio_is_optional():
     job, _ = _load("request.validation=[{prompt: p, reference_video_url: v.mp4, reference_audio_url: a.wav}]")
-    assert job.request.validation[0].reference_audio_url == "a.wav"
+    assert job.request.validation[0].reference_audio_url == str(Path("a.wav").absolute())
+
+
+def test_relative_local_paths_become_absolute_but_uris_stay():
+    # Ray workers run in other folders and on other nodes.
+    job, _ = load_config(None, ["request.training_data_url=data/a.zip", "model.text_encoder=s3://b/gemma"])
+    assert job.request.training_data_url == str(Path("data/a.zip").absolute())
+    assert job.model.text_encoder == "s3://b/gemma"
 
 
 def test_unknown_fields_are_rejected():

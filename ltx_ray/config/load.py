@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -78,9 +79,32 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> tuple
     warnings = check_rules(job, problems)
     if problems:
         raise ConfigError(problems)
+    _absolutize_local_paths(job)
     for w in warnings:
         log.warning(w)
     return job, warnings
+
+
+def _absolutize_local_paths(job: JobConfig) -> None:
+    """Make relative local paths absolute, against the directory the command runs in.
+
+    Ray workers run in other directories (and on other nodes), so a path that
+    reaches them must not depend on their working directory.
+    """
+
+    def fix(value: str | None) -> str | None:
+        if not value or re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+://", value) or os.path.isabs(value):
+            return value
+        return os.path.abspath(os.path.expanduser(value))
+
+    r = job.request
+    r.training_data_url = fix(r.training_data_url)
+    for sample in r.validation:
+        sample.reference_video_url = fix(sample.reference_video_url)
+        sample.reference_audio_url = fix(sample.reference_audio_url)
+    job.model.checkpoint = fix(job.model.checkpoint)
+    job.model.text_encoder = fix(job.model.text_encoder)
+    job.storage.storage_path = fix(job.storage.storage_path)
 
 
 class _YamlLoader(yaml.SafeLoader):

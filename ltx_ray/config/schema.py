@@ -106,6 +106,8 @@ class TrainConfig:
     num_checkpoints_to_keep: int = 2
     validation_every: int = 500
     validation_inference_steps: int = 30
+    # Classifier-free guidance of the previews, against `request.validation_negative_prompt`.
+    validation_guidance_scale: float = 3.0
     # Test hook: raise inside the worker loop once, at this step (0 = never).
     fail_at_step: int = 0
 
@@ -167,6 +169,7 @@ RULES: Dict[str, tuple[Any, Any]] = {
     "train.num_checkpoints_to_keep": (1, 100),
     "train.validation_every": (1, 20000),
     "train.validation_inference_steps": (1, 200),
+    "train.validation_guidance_scale": (1.0, 20.0),
 }
 
 ENUMS: Dict[str, tuple] = {

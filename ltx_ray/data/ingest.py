@@ -1,0 +1,413 @@
+"""From `training_data_url` to fitted training pairs: fetch, extract, pair, probe, fit.
+
+Two entry points for two callers:
+
+- `build_manifest` (or `manifest_from_archive` for an archive already on
+  disk) does everything that needs no decoding (fetch, safe extraction,
+  pairing, captions, probing, the length rule) and raises every user error
+  before cluster time is spent. The Ray Data pipeline then calls `fit_pair`
+  on each pair in parallel.
+- `ingest` does the whole thing in-process (tests, `debug_dataset`, small jobs).
+
+`fit_reference` fits one validation reference clip the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from ltx_ray.config.resolution import bucket_size, reference_frames, reference_size
+from ltx_ray.config.schema import RequestConfig, StorageConfig
+from ltx_ray.data.archive import extract_archive
+from ltx_ray.data.fetch import content_hash, fetch
+from ltx_ray.data.media import (
+    AUDIO_SAMPLE_RATE,
+    ClipInfo,
+    audio_samples,
+    decode_audio,
+    decode_video,
+    downscale_video,
+    encode_clip,
+    probe,
+    subsample_frames,
+)
+from ltx_ray.data.pairs import PairFiles, match_pairs, read_caption
+from ltx_ray.errors import DatasetError, Problem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProbedPair:
+    """A pair that passed every check, with its caption and both clips' probe results."""
+
+    files: PairFiles
+    caption: str
+    start: ClipInfo
+    end: ClipInfo
+    # Entry names inside the archive, for readers that open the zip directly (Ray workers).
+    start_member: str = ""
+    end_member: str = ""
+
+    @property
+    def name(self) -> str:
+        """The pair's name (`<name>` of `<name>_start.<ext>`)."""
+        return self.files.name
+
+
+@dataclass(frozen=True)
+class SkippedPair:
+    """A pair left out of training, and why."""
+
+    name: str
+    reason: str
+
+
+@dataclass
+class Manifest:
+    """The paired and probed dataset, before any decoding.
+
+    `root` is the folder holding the extracted clips (inside the caller's
+    workdir); `archive_sha256` identifies the archive for cache keys.
+    """
+
+    pairs: list[ProbedPair]
+    skipped: list[SkippedPair]
+    warnings: list[str]
+    root: Path
+    archive_sha256: str
+
+
+@dataclass
+class FittedPair:
+    """One training pair ready for the encoders.
+
+    Video is uint8 `[F, H, W, 3]` (channels last); the reference is
+    `[F_ref, H_ref, W_ref, 3]` after its downscale / temporal subsampling.
+    Audio is float32 `[2, S]` at `sample_rate` covering the target's
+    `F / frame_rate` seconds, for the reference as for the target.
+    """
+
+    name: str
+    caption: str
+    reference_video: np.ndarray
+    target_video: np.ndarray
+    reference_audio: np.ndarray
+    target_audio: np.ndarray
+    sample_rate: int
+    frame_rate: float
+
+
+@dataclass
+class FittedClip:
+    """One fitted clip (a validation reference): uint8 `[F, H, W, 3]` video and float32 `[2, S]` audio."""
+
+    video: np.ndarray
+    audio: np.ndarray
+    sample_rate: int
+    frame_rate: float
+
+
+@dataclass
+class IngestReport:
+    """What `ingest` made of the archive: fitted pairs, skipped pairs with reasons, warnings."""
+
+    accepted: list[FittedPair]
+    skipped: list[SkippedPair]
+    warnings: list[str]
+    archive_sha256: str
+    debug_archive: Path | None = None
+    # The manifest the pairs came from; its extracted clips (`root`) are already removed.
+    manifest: Manifest | None = field(default=None, repr=False)
+
+
+def build_manifest(request: RequestConfig, workdir: Path, storage: StorageConfig | None = None) -> Manifest:
+    """Fetch `request.training_data_url` and run `manifest_from_archive` on it inside `workdir`.
+
+    A downloaded archive is deleted once extracted; a local one is only read.
+    Raises `DatasetError` (unreachable URL, not a zip, bad entries, bad
+    pairs, unreadable or silent clips, no pair long enough).
+    """
+    url = request.training_data_url
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    download_dir = Path(tempfile.mkdtemp(prefix="download-", dir=workdir))
+    try:
+        archive = fetch(url, download_dir, storage=storage)
+        return manifest_from_archive(archive, request, workdir, label=url)
+    finally:
+        shutil.rmtree(download_dir, ignore_errors=True)
+
+
+def manifest_from_archive(
+    archive: Path, request: RequestConfig, workdir: Path, *, label: str | None = None
+) -> Manifest:
+    """Safely extract a local zip into a new folder of `workdir`, then pair, caption and probe.
+
+    Applies the length rule (with `auto_scale_input` off, a pair with a clip
+    shorter than `number_of_frames` at `frame_rate` is skipped with a
+    warning). `label` names the archive in errors (the user's URL). Raises
+    `DatasetError` with every problem found; on failure the extracted
+    folder is removed. The archive itself is only read.
+    """
+    url = label or str(archive)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    clips_dir = Path(tempfile.mkdtemp(prefix="clips-", dir=workdir))
+    try:
+        if not zipfile.is_zipfile(archive):
+            raise DatasetError(Problem(url, "is not a .zip archive"))
+        digest = content_hash(archive)
+        extracted = extract_archive(archive, clips_dir, label=url)
+        warnings = [f"{name}: ignored (macOS metadata or hidden file)" for name in extracted.ignored]
+        pairs, pair_warnings = match_pairs(extracted.files, label=url)
+        warnings += pair_warnings
+        members = {path: extracted.members[name] for name, path in extracted.files.items()}
+        probed, skipped, more = _probe_pairs(pairs, request, members)
+        warnings += more
+        if not probed:
+            raise DatasetError(
+                Problem(
+                    "training_data_url",
+                    f"no pair has at least {request.number_of_frames} frames at {request.frame_rate} fps "
+                    f"({request.number_of_frames / request.frame_rate:.2f} s) in both clips; "
+                    "provide longer clips or set auto_scale_input=true",
+                )
+            )
+        for warning in warnings:
+            log.warning("dataset: %s", warning)
+        return Manifest(probed, skipped, warnings, clips_dir, digest)
+    except BaseException:
+        shutil.rmtree(clips_dir, ignore_errors=True)
+        raise
+
+
+def _probe_pairs(
+    pairs: list[PairFiles], request: RequestConfig, members: dict[Path, str]
+) -> tuple[list[ProbedPair], list[SkippedPair], list[str]]:
+    problems: list[Problem] = []
+    probed: list[ProbedPair] = []
+    skipped: list[SkippedPair] = []
+    warnings: list[str] = []
+    for pair in pairs:
+        try:
+            start, end = probe(pair.start), probe(pair.end)
+            caption, warning = read_caption(pair, request.trigger_phrase)
+        except DatasetError as err:
+            problems += err.problems
+            continue
+        silent = [c.path.name for c in (start, end) if not c.has_audio]
+        if silent:
+            problems.append(
+                Problem(pair.name, f"silent clips are rejected: {' and '.join(silent)} has no audio track "
+                        "(both the _start and the _end clip of a pair must carry audio)")
+            )
+            continue
+        if warning:
+            warnings.append(warning)
+        if not request.auto_scale_input:
+            short = [
+                f"{c.path.name} has {c.frames_at(request.frame_rate)}"
+                for c in (start, end)
+                if c.frames_at(request.frame_rate) < request.number_of_frames
+            ]
+            if short:
+                reason = (
+                    f"too short: {', '.join(short)} frames at {request.frame_rate} fps, "
+                    f"{request.number_of_frames} needed (auto_scale_input=false)"
+                )
+                skipped.append(SkippedPair(pair.name, reason))
+                warnings.append(f"{pair.name}: skipped, {reason}")
+                continue
+        probed.append(ProbedPair(pair, caption, start, end, members.get(pair.start, ""), members.get(pair.end, "")))
+    if problems:
+        raise DatasetError(problems)
+    return probed, skipped, warnings
+
+
+def pair_span(start: ClipInfo, end: ClipInfo, request: RequestConfig) -> float:
+    """Seconds of source taken from both clips: the target duration, or with auto-scale the shorter clip."""
+    if request.auto_scale_input:
+        # One span for both clips keeps them on the same time grid, hence aligned.
+        return min(start.duration, end.duration)
+    return request.number_of_frames / request.frame_rate
+
+
+def fit_pair(pair: PairFiles | ProbedPair, request: RequestConfig, *, caption: str | None = None) -> FittedPair:
+    """Decode and fit one pair: both clips to the bucket and frame grid, then scale the reference.
+
+    Both clips get the same geometry and the same source timestamps, so
+    frame i of the reference and of the target show the same instant. The
+    reference video is then downscaled by `reference_downscale_factor` and
+    temporally subsampled by `reference_temporal_scale_factor`. Each clip's
+    own audio is fitted to the target's duration. Accepts a `PairFiles`
+    (probed and captioned here) or a `ProbedPair` from `build_manifest`.
+    `caption`, when given, is used as the final caption (trigger phrase
+    included) instead of reading the pair's caption file.
+    """
+    if isinstance(pair, PairFiles):
+        start, end = probe(pair.start), probe(pair.end)
+        for clip in (start, end):
+            if not clip.has_audio:
+                silent = f"silent clips are rejected: {clip.path.name} has no audio track"
+                raise DatasetError(Problem(pair.name, silent))
+        if caption is None:
+            caption, _ = read_caption(pair, request.trigger_phrase)
+        pair = ProbedPair(pair, caption, start, end)
+    elif caption is not None:
+        pair = ProbedPair(pair.files, caption, pair.start, pair.end, pair.start_member, pair.end_member)
+    frames, rate = request.number_of_frames, request.frame_rate
+    if not request.auto_scale_input:
+        for clip in (pair.start, pair.end):
+            if clip.frames_at(rate) < frames:
+                short = f"has {clip.frames_at(rate)} frames at {rate} fps, {frames} needed"
+                raise DatasetError(Problem(clip.path.name, short))
+    span = pair_span(pair.start, pair.end, request)
+    width, height = bucket_size(request.resolution, request.aspect_ratio)
+    audio_opts = (request.audio_normalize, request.audio_preserve_pitch)
+    ref = _fit_clip(pair.start, None, width, height, frames, rate, span, *audio_opts)
+    tgt = _fit_clip(pair.end, None, width, height, frames, rate, span, *audio_opts)
+    ref_video = _scale_reference(ref[0], request.reference_downscale_factor, request.reference_temporal_scale_factor)
+    return FittedPair(
+        name=pair.name,
+        caption=pair.caption,
+        reference_video=ref_video,
+        target_video=tgt[0],
+        reference_audio=ref[1],
+        target_audio=tgt[1],
+        sample_rate=AUDIO_SAMPLE_RATE,
+        frame_rate=float(rate),
+    )
+
+
+def fit_reference(
+    video_path: Path,
+    audio_path: Path | None = None,
+    *,
+    width: int,
+    height: int,
+    frames: int,
+    frame_rate: float,
+    downscale_factor: int = 1,
+    temporal_factor: int = 1,
+    auto_scale: bool = False,
+    audio_normalize: bool = True,
+    audio_preserve_pitch: bool = True,
+) -> FittedClip:
+    """Fit one reference clip (a validation sample) exactly as training fits a pair's reference.
+
+    Video comes from `video_path`; audio from `audio_path` when given, else
+    from the video's own track (which must then exist). Without
+    `auto_scale`, a clip shorter than `frames / frame_rate` is a
+    `DatasetError`; with it, the whole clip is resampled in time.
+    """
+    info = probe(video_path)
+    if audio_path is None and not info.has_audio:
+        silent = "the reference video has no audio track and no reference audio was given"
+        raise DatasetError(Problem(Path(video_path).name, silent))
+    if not auto_scale and info.frames_at(frame_rate) < frames:
+        raise DatasetError(
+            Problem(
+                Path(video_path).name, f"has {info.frames_at(frame_rate)} frames at {frame_rate} fps, {frames} needed"
+            )
+        )
+    span = info.duration if auto_scale else frames / frame_rate
+    video, audio = _fit_clip(
+        info, audio_path, width, height, frames, frame_rate, span, audio_normalize, audio_preserve_pitch
+    )
+    return FittedClip(
+        video=_scale_reference(video, downscale_factor, temporal_factor),
+        audio=audio,
+        sample_rate=AUDIO_SAMPLE_RATE,
+        frame_rate=float(frame_rate),
+    )
+
+
+def _fit_clip(
+    info: ClipInfo,
+    audio_path: Path | None,
+    width: int,
+    height: int,
+    frames: int,
+    frame_rate: float,
+    span: float,
+    normalize: bool,
+    preserve_pitch: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    time_scale = span / (frames / frame_rate)
+    video = decode_video(
+        info.path, width=width, height=height, frames=frames, frame_rate=frame_rate, time_scale=time_scale
+    )
+    audio = decode_audio(
+        audio_path or info.path,
+        # A separate audio file has its own clock: take it from its start.
+        start=None if audio_path else info.start_time,
+        span=span,
+        out_samples=audio_samples(frames, frame_rate),
+        preserve_pitch=preserve_pitch,
+        normalize=normalize,
+    )
+    return video, audio
+
+
+def _scale_reference(video: np.ndarray, downscale: int, temporal: int) -> np.ndarray:
+    f, h, w, _ = video.shape
+    out = subsample_frames(downscale_video(video, downscale), temporal)
+    # The config rules guarantee these; a mismatch here is a bug, not a user error.
+    assert out.shape[1:3] == reference_size(w, h, downscale)[::-1] and out.shape[0] == reference_frames(f, temporal)
+    return out
+
+
+def ingest(request: RequestConfig, workdir: Path, storage: StorageConfig | None = None) -> IngestReport:
+    """Turn `request.training_data_url` into fitted pairs in this process.
+
+    Runs `build_manifest`, fits every pair, and with `request.debug_dataset`
+    writes `<workdir>/debug_dataset.zip`. The extracted clips are removed
+    before returning, on success and on failure.
+    """
+    manifest = build_manifest(request, workdir, storage)
+    try:
+        fitted = [fit_pair(p, request) for p in manifest.pairs]
+    finally:
+        shutil.rmtree(manifest.root, ignore_errors=True)
+    debug = write_debug_archive(fitted, Path(workdir) / "debug_dataset.zip", request) if request.debug_dataset else None
+    return IngestReport(fitted, manifest.skipped, manifest.warnings, manifest.archive_sha256, debug, manifest)
+
+
+def write_debug_archive(pairs: list[FittedPair], out_path: Path, request: RequestConfig | None = None) -> Path:
+    """Zip the preprocessed pairs for inspection: `<name>_start.mp4`, `<name>_end.mp4` (H.264 + AAC) and `<name>.txt`.
+
+    The reference is written at its own size and, after temporal
+    subsampling, at `frame_rate / k` so it lasts as long as the target.
+    """
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    k = request.reference_temporal_scale_factor if request else 1
+    tmp = Path(tempfile.mkdtemp(prefix="debug-", dir=out_path.parent))
+    part = out_path.with_name(out_path.name + ".part")
+    try:
+        # Stored, not deflated: mp4 does not compress further.
+        with zipfile.ZipFile(part, "w", compression=zipfile.ZIP_STORED) as zf:
+            for p in pairs:
+                ref_rate = Fraction(p.frame_rate).limit_denominator(1001) / k
+                for suffix, video, audio, rate in (
+                    ("_start", p.reference_video, p.reference_audio, ref_rate),
+                    ("_end", p.target_video, p.target_audio, Fraction(p.frame_rate).limit_denominator(1001)),
+                ):
+                    clip = encode_clip(tmp / f"{p.name}{suffix}.mp4", video, rate, audio, p.sample_rate)
+                    zf.write(clip, clip.name)
+                    clip.unlink()
+                zf.writestr(f"{p.name}.txt", p.caption + "\n")
+        part.replace(out_path)
+    finally:
+        part.unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_path

@@ -1,0 +1,456 @@
+"""Ray Data preprocessing: pairs -> decoded, fitted clips -> latents, cached in the run's storage.
+
+Stages, in the order data flows:
+
+1. on the driver: fetch the archive, hash it, and look the cache key up; on a
+   hit nothing else runs. On a miss: extract, pair and probe (cheap, and the
+   422-style errors belong before any cluster time), then stage the archive
+   where every node can read it;
+2. `DecodeFit` (CPU tasks, `map_batches`, one pair per batch): read the two
+   clips of a pair out of the staged archive and fit them (`ltx_ray.data.ingest`);
+3. `Encode` (an actor pool, one GPU per actor on GPU clusters): the video VAE
+   encoder, audio VAE encoder and text encoder load once per actor and turn
+   each pair into latents and caption embeddings;
+4. the writer: Parquet shards with fixed-shape tensor columns under
+   `<storage_path>/<run>/latents/<key>/shards/`, then `report.json`, then
+   `_COMPLETE.json` last. A cache without `_COMPLETE.json` is incomplete and
+   is deleted and rebuilt by the next run.
+
+A pair that fails inside the pipeline travels on as a row with an `error`
+and empty tensors, so the report names it and its reason; training reads
+only the rows without one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import ray
+import ray.data
+
+from ltx_ray.config.load import run_name as derive_run_name
+from ltx_ray.config.schema import JobConfig
+from ltx_ray.data.fetch import content_hash, fetch
+from ltx_ray.errors import DatasetError, Problem
+from ltx_ray.storage import is_local, join, local_path, resolve_filesystem
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+COMPLETE_MARKER = "_COMPLETE.json"
+REPORT_FILE = "report.json"
+LATENT_COLUMNS = ("ref_video", "video", "ref_audio", "audio", "video_context", "audio_context", "context_mask")
+
+
+@dataclass
+class LatentCache:
+    """A complete latent cache in storage."""
+
+    uri: str
+    key: str
+    hit: bool
+    report: dict[str, Any] = field(default_factory=dict)
+    storage: Any = None
+
+    @property
+    def shards_uri(self) -> str:
+        return join(self.uri, "shards")
+
+    def dataset(self) -> ray.data.Dataset:
+        """The cached latents of the accepted pairs, as a Ray Dataset."""
+        fs, path = resolve_filesystem(self.shards_uri, self.storage)
+        from ray.data.expressions import col
+
+        ds = ray.data.read_parquet(path, filesystem=fs).select_columns(["index", "error", "latents"])
+        return ds.filter(expr=col("error") == "").select_columns(["index", "latents"])
+
+
+def cache_key(job: JobConfig, archive_sha256: str, model_identity: str) -> str:
+    """A digest of everything that changes the latents: data, model and every preprocessing knob."""
+    r = job.request
+    identity = {
+        "format": CACHE_FORMAT,
+        "archive": archive_sha256,
+        "model": model_identity,
+        "resolution": r.resolution,
+        "aspect_ratio": r.aspect_ratio,
+        "number_of_frames": r.number_of_frames,
+        "frame_rate": r.frame_rate,
+        "reference_downscale_factor": r.reference_downscale_factor,
+        "reference_temporal_scale_factor": r.reference_temporal_scale_factor,
+        "auto_scale_input": r.auto_scale_input,
+        "audio_normalize": r.audio_normalize,
+        "audio_preserve_pitch": r.audio_preserve_pitch,
+        "trigger_phrase": r.trigger_phrase,
+        # The debug archive's per-pair parts are written by the decode stage, with the cache.
+        "debug_dataset": r.debug_dataset,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def find_cache(job: JobConfig, run: str, key: str) -> LatentCache | None:
+    """The complete cache for `key`, or None (an incomplete one is deleted)."""
+    uri = cache_uri(job, run, key)
+    fs, path = resolve_filesystem(uri, job.storage)
+    marker = fs.get_file_info(join(path, COMPLETE_MARKER))
+    if marker.type == pafs.FileType.File:
+        with fs.open_input_stream(join(path, REPORT_FILE)) as f:
+            report = json.loads(f.read())
+        return LatentCache(uri=uri, key=key, hit=True, report=report, storage=job.storage)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        log.warning("deleting an incomplete latent cache (no %s): %s", COMPLETE_MARKER, uri)
+        fs.delete_dir(path)
+    return None
+
+
+def cache_uri(job: JobConfig, run: str, key: str) -> str:
+    """Where the latent cache of `key` lives: `<storage_path>/<run>/latents/<key>`."""
+    from ltx_ray.train.outputs import storage_uri
+
+    return storage_uri(job, run, "latents", key)
+
+
+def build_latent_cache(job: JobConfig, run: str | None = None) -> LatentCache:
+    """Return the latent cache for this job, building it with Ray Data on a miss."""
+    from ltx_ray.model.loader import checkpoint_identity
+
+    run = run or derive_run_name(job)
+    workdir = Path(tempfile.mkdtemp(prefix="ltx-ray-prep-"))
+    try:
+        archive = fetch(job.request.training_data_url, workdir, storage=job.storage)
+        key = cache_key(job, content_hash(archive), checkpoint_identity(job.model.checkpoint))
+        cached = find_cache(job, run, key)
+        if cached is not None:
+            log.info("latent cache hit: %s (%d pairs); no clip is decoded", cached.uri, cached.report["pairs_out"])
+            return cached
+        rows, report = _plan(job, archive, workdir)
+        staged = _stage_archive(job, run, key, archive)
+        for row in rows:
+            row["archive_uri"] = staged
+        return _run_pipeline(job, run, key, rows, report)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _plan(job: JobConfig, archive: Path, workdir: Path) -> tuple[list[dict], dict[str, Any]]:
+    """Extract, pair and probe on the driver: one row per accepted pair, naming its archive members."""
+    from ltx_ray.data.ingest import manifest_from_archive
+
+    manifest = manifest_from_archive(archive, job.request, workdir, label=job.request.training_data_url)
+    rows = [
+        {"index": i, "name": p.name, "caption": p.caption, "start_member": p.start_member, "end_member": p.end_member}
+        for i, p in enumerate(manifest.pairs)
+    ]
+    report = {
+        "archive_sha256": manifest.archive_sha256,
+        "skipped": [{"name": s.name, "reason": s.reason} for s in manifest.skipped],
+        "warnings": manifest.warnings,
+    }
+    return rows, report
+
+
+def pack_tensors(tensors: dict[str, Any]) -> bytes:
+    """Serialise named tensors (torch or numpy) into safetensors bytes, dtype kept (bf16 included)."""
+    import torch
+    from safetensors.torch import save
+
+    return save({k: torch.as_tensor(v).contiguous() for k, v in tensors.items()})
+
+
+def unpack_tensors(blob: bytes) -> dict[str, Any]:
+    """The inverse of `pack_tensors`: a dict of torch tensors."""
+    from safetensors.torch import load
+
+    return load(bytes(blob))
+
+
+def _stage_archive(job: JobConfig, run: str, key: str, archive: Path) -> str:
+    """A URI of the archive that every node can read: the user's own when it already is one."""
+    source = job.request.training_data_url
+    if not is_local(source) and source.split("://", 1)[0].lower() in ("s3", "gs", "gcs"):
+        return source
+    if is_local(source) and is_local(job.storage.storage_path):
+        return str(local_path(source).absolute())
+    from ltx_ray.train.outputs import storage_uri, upload_file
+
+    # http(s) downloads, or a local archive with remote storage: copy it next to the run once.
+    return upload_file(job, archive, storage_uri(job, run, "inputs", f"{key}.zip"))
+
+
+def _read_members(archive_uri: str, members: list[str], storage, dest: Path) -> list[Path]:
+    """Copy some members out of a (possibly remote) zip by random access, without fetching it all."""
+    fs, path = resolve_filesystem(archive_uri, storage)
+    out = []
+    with fs.open_input_file(path) as f, zipfile.ZipFile(f) as zf:
+        for i, member in enumerate(members):
+            target = dest / f"{i}_{Path(member).name}"
+            with zf.open(member) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1024 * 1024)
+            out.append(target)
+    return out
+
+
+def decode_fit(batch: dict[str, np.ndarray], request, storage, debug_uri: str = "") -> dict[str, np.ndarray]:
+    """Ray Data CPU stage: read one pair's clips out of the staged archive and fit them.
+
+    Failures become rows with an `error` (named pair, reason) instead of a worker stack trace.
+    With `request.debug_dataset`, each fitted pair is also zipped (mp4 + caption) to `debug_uri`.
+    """
+    from ltx_ray.data.ingest import fit_pair, write_debug_archive
+    from ltx_ray.data.pairs import PairFiles
+
+    out: dict[str, list] = {
+        k: [] for k in ("index", "name", "caption", "error", "media", "decoded_clips", "decode_seconds",
+                        "decode_rss_mb")
+    }
+    for i, name in enumerate(batch["name"]):
+        _note_decode(str(name))
+        started = time.perf_counter()
+        tmp = Path(tempfile.mkdtemp(prefix="ltx-ray-pair-"))
+        caption, error, media, decoded = str(batch["caption"][i]), "", b"", 0
+        try:
+            start, end = _read_members(
+                str(batch["archive_uri"][i]), [str(batch["start_member"][i]), str(batch["end_member"][i])],
+                storage, tmp,
+            )
+            # Re-probed here: the driver's probe results point at its own local copies.
+            fitted = fit_pair(PairFiles(name=str(name), start=start, end=end), request, caption=caption)
+            decoded = 2
+            if request.debug_dataset and debug_uri:
+                part = write_debug_archive([fitted], tmp / f"{name}.zip", request)
+                _upload(part, join(debug_uri, part.name), storage)
+            media = pack_tensors(
+                {
+                    "ref_video": fitted.reference_video,
+                    "video": fitted.target_video,
+                    "ref_audio": fitted.reference_audio,
+                    "audio": fitted.target_audio,
+                }
+            )
+        except Exception as exc:  # reported per pair; the run goes on with the others
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        out["index"].append(int(batch["index"][i]))
+        out["name"].append(str(name))
+        out["caption"].append(caption)
+        out["error"].append(error)
+        out["media"].append(media)
+        out["decoded_clips"].append(decoded)
+        out["decode_seconds"].append(time.perf_counter() - started)
+        out["decode_rss_mb"].append(_peak_rss_mb())
+    return {k: np.array(v, dtype=object if k in ("media",) else None) for k, v in out.items()}
+
+
+def _upload(local: Path, uri: str, storage) -> None:
+    fs, path = resolve_filesystem(uri, storage)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def publish_debug_dataset(job: JobConfig, cache: LatentCache, out_uri: str) -> str | None:
+    """Merge the per-pair debug zips of the cache into the `debug_dataset` output (when requested)."""
+    if not job.request.debug_dataset:
+        return None
+    fs, path = resolve_filesystem(join(cache.uri, "debug"), job.storage)
+    parts = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)) if i.is_file)
+    with tempfile.TemporaryDirectory() as tmp:
+        merged = Path(tmp) / "debug_dataset.zip"
+        with zipfile.ZipFile(merged, "w", compression=zipfile.ZIP_STORED) as out:
+            for part in parts:
+                with fs.open_input_file(part) as f, zipfile.ZipFile(f) as zf:
+                    for item in zf.infolist():
+                        out.writestr(item, zf.read(item))
+        _upload(merged, out_uri, job.storage)
+    return out_uri
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this worker process so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _note_decode(name: str) -> None:
+    # Observability hook: with LTX_RAY_DECODE_LOG set (in the Ray workers' environment), every
+    # pair this stage decodes is appended to that file. Tests count real decodes with it.
+    target = os.environ.get("LTX_RAY_DECODE_LOG")
+    if target:
+        with open(target, "a") as f:
+            f.write(name + "\n")
+
+
+class Encode:
+    """Ray Data actor stage: load the VAE encoders and the text encoder once, encode each pair."""
+
+    def __init__(self, model_cfg, use_gpu: bool, precision: str):
+        import torch
+
+        from ltx_ray.model.loader import load_audio_encoder, load_text_encoder, load_video_encoder
+
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        torch.set_num_threads(1)  # one CPU per actor (see _run_pipeline)
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        checkpoint = model_cfg.checkpoint
+        self.video_encoder = load_video_encoder(checkpoint, dtype=self.dtype, device=self.device)
+        self.audio_encoder = load_audio_encoder(checkpoint, dtype=self.dtype, device=self.device)
+        self.text_encoder = load_text_encoder(model_cfg.text_encoder, checkpoint, dtype=self.dtype, device=self.device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        from ltx_ray.model.encode import encode_audio, encode_text, encode_video
+
+        latents, seconds = [], []
+        for i in range(len(batch["name"])):
+            started = time.perf_counter()
+            if batch["error"][i]:
+                latents.append(b"")
+                seconds.append(0.0)
+                continue
+            media = unpack_tensors(batch["media"][i])
+            with torch.inference_mode():
+                frames = torch.stack([media["ref_video"]]).to(self.device)
+                ref_video = encode_video(self.video_encoder, frames)
+                video = encode_video(self.video_encoder, torch.stack([media["video"]]).to(self.device))
+                ref_audio = encode_audio(self.audio_encoder, torch.stack([media["ref_audio"]]).to(self.device, self.dtype))
+                audio = encode_audio(self.audio_encoder, torch.stack([media["audio"]]).to(self.device, self.dtype))
+                text = encode_text(self.text_encoder, [str(batch["caption"][i])])
+            latents.append(
+                pack_tensors(
+                    {
+                        "ref_video": ref_video[0].cpu(),
+                        "video": video[0].cpu(),
+                        "ref_audio": ref_audio[0].cpu(),
+                        "audio": audio[0].cpu(),
+                        "video_context": text.video_context[0].cpu(),
+                        "audio_context": text.audio_context[0].cpu(),
+                        "context_mask": text.attention_mask[0].cpu(),
+                    }
+                )
+            )
+            seconds.append(time.perf_counter() - started)
+        return {
+            "index": batch["index"],
+            "name": batch["name"],
+            "caption": batch["caption"],
+            "error": batch["error"],
+            "decoded_clips": batch["decoded_clips"],
+            "decode_seconds": batch["decode_seconds"],
+            "decode_rss_mb": batch["decode_rss_mb"],
+            "encode_seconds": np.array(seconds),
+            "latents": np.array(latents, dtype=object),
+        }
+
+
+def _run_pipeline(job: JobConfig, run: str, key: str, rows: list[dict], report: dict[str, Any]) -> LatentCache:
+    """Decode, encode and write the cache; the completion marker goes last."""
+    c = job.cluster
+    uri = cache_uri(job, run, key)
+    fs, path = resolve_filesystem(uri, job.storage)
+    started = time.perf_counter()
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    ds = ds.map_batches(
+        decode_fit,
+        fn_kwargs={"request": job.request, "storage": job.storage, "debug_uri": join(uri, "debug")},
+        batch_size=1,
+        num_cpus=1,
+        # Decoding holds one pair's fitted frames at a time; this keeps the scheduler honest.
+        memory=_decode_memory_bytes(job),
+        concurrency=c.decode_workers,
+    )
+    ds = ds.map_batches(
+        Encode,
+        fn_constructor_kwargs={"model_cfg": job.model, "use_gpu": c.use_gpu, "precision": c.precision},
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=c.encode_actors),
+        num_gpus=1 if c.use_gpu else 0,
+        num_cpus=1,
+    )
+    ds.write_parquet(join(path, "shards"), filesystem=fs)
+    seconds = time.perf_counter() - started
+
+    table = pq.read_table(
+        join(path, "shards"), filesystem=fs,
+        columns=["name", "error", "decoded_clips", "decode_seconds", "decode_rss_mb", "encode_seconds"],
+    )
+    report = _finish_report(report, table.to_pylist(), seconds)
+    _write_json(fs, join(path, REPORT_FILE), report)
+    if report["pairs_out"] == 0:
+        raise DatasetError(
+            [Problem(f["name"], f["reason"]) for f in report["failed"]]
+            or Problem("request.training_data_url", "no pair could be preprocessed")
+        )
+    _write_json(fs, join(path, COMPLETE_MARKER), {"key": key, "format": CACHE_FORMAT, "pairs": report["pairs_out"]})
+    log.info("latent cache written: %s", uri)
+    return LatentCache(uri=uri, key=key, hit=False, report=report, storage=job.storage)
+
+
+def _finish_report(report: dict[str, Any], rows: list[dict], seconds: float) -> dict[str, Any]:
+    ok = [r for r in rows if not r["error"]]
+    failed = [{"name": r["name"], "reason": r["error"]} for r in rows if r["error"]]
+    decode_s = sum(r["decode_seconds"] for r in rows)
+    encode_s = sum(r["encode_seconds"] for r in rows)
+    decoded = sum(r["decoded_clips"] for r in rows)
+    report = {
+        **report,
+        "pairs_in": len(rows),
+        "pairs_out": len(ok),
+        "failed": failed,
+        "decoded_clips": decoded,
+        "seconds": seconds,
+        "stages": {
+            "decode_fit": {"pairs_in": len(rows), "pairs_out": len(ok), "task_seconds": decode_s,
+                           "clips_per_second": decoded / decode_s if decode_s else 0.0,
+                           "peak_worker_rss_mb": max((r["decode_rss_mb"] for r in rows), default=0.0)},
+            "encode": {"pairs_in": len(ok), "pairs_out": len(ok), "actor_seconds": encode_s,
+                       "clips_per_second": 2 * len(ok) / encode_s if encode_s else 0.0},
+        },
+    }
+    for stage, s in report["stages"].items():
+        log.info("%-10s pairs in %d, out %d, %.1f s in workers, %.2f clips/s", stage, s["pairs_in"],
+                 s["pairs_out"], s.get("task_seconds", s.get("actor_seconds", 0.0)), s["clips_per_second"])
+    for f in failed:
+        log.warning("pair %s was dropped: %s", f["name"], f["reason"])
+    return report
+
+
+def _write_json(fs: pafs.FileSystem, path: str, data: dict) -> None:
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(data, indent=2).encode())
+
+
+def _decode_memory_bytes(job: JobConfig) -> int:
+    from ltx_ray.config.resolution import bucket_size
+
+    w, h = bucket_size(job.request.resolution, job.request.aspect_ratio)
+    frames = job.request.number_of_frames
+    # Two fitted clips in uint8 plus decoder buffers and a packed copy: about 4x the raw frames.
+    return max(256 * 1024**2, 4 * 2 * frames * w * h * 3)
+
+
+def run_preprocess(job: JobConfig) -> LatentCache:
+    """`ltx-ray preprocess`: build (or find) the latent cache and print where it is."""
+    from ltx_ray.train.driver import init_ray
+
+    init_ray(job)
+    cache = build_latent_cache(job)
+    r = cache.report
+    state = "found (cache hit, nothing decoded)" if cache.hit else "built"
+    print(f"latent cache {state}: {cache.uri}")
+    print(f"pairs in {r.get('pairs_in')}, pairs out {r.get('pairs_out')}, failed {len(r.get('failed', []))}")
+    return cache

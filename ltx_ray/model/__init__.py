@@ -1,0 +1,9 @@
+"""The model stage: everything that touches the network, on top of Lightricks' `ltx-core`.
+
+- `loader`    builds the transformer, VAEs, vocoder and text encoder from an LTX-2.3 checkpoint.
+- `tiny`      writes a tiny random checkpoint + Gemma-3 directory in the same format (tests, demo).
+- `encode`    batch encoders/decoders: frames, waveforms and captions to latents and back.
+- `tokens`    patchify and RoPE positions of target and reference tokens; the sigma sampler.
+- `objective` the av2av IC-LoRA training step (a pure function of model, batch, generator).
+- `lora`      PEFT LoRA on the transformer and the LoRA file ltx-core can fuse.
+"""

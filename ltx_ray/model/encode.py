@@ -1,0 +1,110 @@
+"""Batch encoders and decoders: frames, waveforms and captions to latents, and latents back to media.
+
+Each function runs the ltx-core module in eval mode under `torch.inference_mode()`,
+on the module's own device and dtype, and takes or returns a batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ltx_ray.model.loader import TextEncoder
+from ltx_ray.model.tokens import AUDIO_SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class TextContext:
+    """Encoded captions: per-token context for the video and audio branches and the token mask.
+
+    `video_context` `[B, T, Dv]`, `audio_context` `[B, T, Da]` (Dv, Da: the
+    transformer's inner dims; T: the tokenizer's `max_length`), `attention_mask`
+    `[B, T]` int64 as ltx-core's connectors return it: they replace padding by
+    learnable registers, so with LTX-2.3 every position is valid (all ones).
+    """
+
+    video_context: torch.Tensor
+    audio_context: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+def encode_video(encoder, frames: torch.Tensor) -> torch.Tensor:
+    """Frames uint8 `[B, F, H, W, 3]` (F % 8 == 1; H, W multiples of 32) to latents `[B, C, (F-1)/8+1, H/32, W/32]`.
+
+    C is the checkpoint's latent channel count (128 for LTX-2.3, 16 for the tiny bundle).
+    """
+    _check_frames(frames)
+    param = next(encoder.parameters())
+    encoder.eval()
+    with torch.inference_mode():
+        pixels = frames.to(param.device).permute(0, 4, 1, 2, 3).to(param.dtype) / 127.5 - 1.0
+        return encoder(pixels)
+
+
+def decode_video(decoder, latents: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Latents `[B, C, f, h, w]` to frames uint8 `[B, 8(f-1)+1, 32h, 32w, 3]`."""
+    param = next(decoder.parameters())
+    decoder.eval()
+    with torch.inference_mode():
+        pixels = decoder(latents.to(param.device, param.dtype), generator=generator)
+        frames = ((pixels.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return frames.permute(0, 2, 3, 4, 1).contiguous()
+
+
+def encode_audio(audio_encoder, waveform: torch.Tensor, sample_rate: int = AUDIO_SAMPLE_RATE) -> torch.Tensor:
+    """Stereo waveform float `[B, 2, S]` in [-1, 1] to audio latents `[B, C, T, M]` via ltx-core's mel front end.
+
+    T = 25 latent frames per second of audio (16 kHz, mel hop 160, 4x); for
+    LTX-2.3 C = 8 channels and M = 16 mel bins (tiny bundle: C = 2).
+    Other sample rates are resampled by ltx-core's `AudioProcessor`.
+    """
+    from ltx_core.model.audio_vae import encode_audio as ltx_encode_audio
+    from ltx_core.types import Audio
+
+    if waveform.ndim != 3 or waveform.shape[1] != 2:
+        raise ValueError(f"waveform must be [B, 2, S] stereo, got {tuple(waveform.shape)}")
+    param = next(audio_encoder.parameters())
+    audio_encoder.eval()
+    with torch.inference_mode():
+        # The mel front end runs in float32 whatever the encoder's dtype: log-mel of bf16 audio is coarse.
+        audio = Audio(waveform=waveform.to(param.device, torch.float32), sampling_rate=sample_rate)
+        return ltx_encode_audio(audio, audio_encoder)
+
+
+def decode_audio(audio_decoder, vocoder, latents: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Audio latents `[B, C, T, M]` to (stereo waveform float32 `[B, 2, S]`, its sample rate)."""
+    param = next(audio_decoder.parameters())
+    audio_decoder.eval()
+    vocoder.eval()
+    with torch.inference_mode():
+        mel = audio_decoder(latents.to(param.device, param.dtype))
+        vocoder_param = next(vocoder.parameters())
+        waveform = vocoder(mel.to(vocoder_param.device, vocoder_param.dtype)).float()
+    return waveform, int(vocoder.output_sampling_rate)
+
+
+def encode_text(text_encoder: TextEncoder, captions: list[str]) -> TextContext:
+    """Captions to video/audio context and mask, with Gemma-3 and ltx-core's embedding connectors.
+
+    Captions are encoded one at a time: ltx-core's tokenizer wrapper and the
+    connectors' register substitution handle a single sequence.
+    """
+    text_encoder.eval()
+    video, audio, masks = [], [], []
+    with torch.inference_mode():
+        for caption in captions:
+            hidden_states, mask = text_encoder.gemma.encode(caption)
+            out = text_encoder.embeddings.process_hidden_states(hidden_states, mask)
+            video.append(out.video_encoding)
+            audio.append(out.audio_encoding)
+            masks.append(out.attention_mask.to(torch.int64))
+    return TextContext(torch.cat(video), torch.cat(audio), torch.cat(masks))
+
+
+def _check_frames(frames: torch.Tensor) -> None:
+    if frames.dtype != torch.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 [B, F, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+    _, f, h, w, _ = frames.shape
+    if f % 8 != 1 or h % 32 or w % 32:
+        raise ValueError(f"frames need F % 8 == 1 and H, W multiples of 32, got F={f}, H={h}, W={w}")

@@ -1,0 +1,306 @@
+"""Build LTX-2.3 components from a single-file checkpoint and a Gemma-3 directory, via ltx-core.
+
+Every component goes through ltx-core's own configurator (model from the JSON
+config in the safetensors metadata) and `SingleGPUModelBuilder` (model built on
+the meta device, then the checkpoint's tensors assigned in place: no second
+copy of the weights is ever allocated). Components load independently, so a
+rank that only trains holds the transformer, and the text encoder can live on
+another device or process.
+
+ltx-core's builder silently returns a half-built model on the meta device when
+keys are missing; we check the keys first and raise `ModelError` naming them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from ltx_ray.errors import ModelError, Problem
+
+log = logging.getLogger(__name__)
+
+# How many missing keys an error message lists before summarising.
+_MAX_LISTED_KEYS = 12
+
+
+def resolve_model_path(uri: str | Path) -> Path:
+    """A local path for a checkpoint file or directory: local paths as they are, remote ones fetched.
+
+    `s3://`, `gs://` and `http(s)://` locations are downloaded once per node into
+    `$LTX_RAY_MODEL_CACHE` (default: a folder in the temp dir); ranks on the
+    same node wait on a file lock and share the copy, which safetensors then
+    memory-maps. Credentials and endpoint come from the environment
+    (`AWS_*`, `AWS_ENDPOINT_URL`, `GOOGLE_APPLICATION_CREDENTIALS`).
+    """
+    text = str(uri)
+    if "://" not in text or text.startswith("file://"):
+        return Path(text.removeprefix("file://")).expanduser()
+    import fcntl
+    import os
+    import tempfile
+
+    from ltx_ray.data.fetch import fetch
+
+    root = Path(os.environ.get("LTX_RAY_MODEL_CACHE", Path(tempfile.gettempdir()) / "ltx-ray-models"))
+    target = root / hashlib.sha256(text.encode()).hexdigest()[:16]
+    target.mkdir(parents=True, exist_ok=True)
+    done = target / ".complete"
+    with open(target / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists():
+            return Path(done.read_text())
+        local = fetch(text, target)
+        done.write_text(str(local))
+        return local
+
+
+def checkpoint_identity(checkpoint: str | Path) -> str:
+    """A cheap, stable id of a safetensors file: sha256 of its header plus its size (for cache keys).
+
+    Remote checkpoints are identified by a ranged read of their header, without a download.
+    """
+    text = str(checkpoint)
+    if "://" in text and text.split("://", 1)[0].lower() in ("s3", "gs", "gcs"):
+        from ltx_ray.storage import resolve_filesystem
+
+        fs, path = resolve_filesystem(text)
+        size = fs.get_file_info(path).size
+        with fs.open_input_file(path) as f:
+            return _header_digest(f, text, size)
+    path = _existing_file(checkpoint)
+    with open(path, "rb") as f:
+        return _header_digest(f, str(path), path.stat().st_size)
+
+
+def _header_digest(f, name: str, size: int) -> str:
+    raw = f.read(8)
+    if len(raw) != 8:
+        raise ModelError(Problem(name, "not a safetensors file (shorter than its 8-byte header length)"))
+    (length,) = struct.unpack("<Q", raw)
+    digest = hashlib.sha256(f.read(length))
+    digest.update(str(size).encode())
+    return digest.hexdigest()
+
+
+def read_checkpoint_config(checkpoint: str | Path) -> dict[str, Any]:
+    """The JSON model config stored in the checkpoint's safetensors metadata (key `config`)."""
+    path = _existing_file(checkpoint)
+    with _open(path) as f:
+        meta = f.metadata() or {}
+    if "config" not in meta:
+        raise ModelError(Problem(str(path), "no 'config' entry in the safetensors metadata: not an LTX-2 single-file checkpoint"))
+    try:
+        return json.loads(meta["config"])
+    except json.JSONDecodeError as exc:
+        raise ModelError(Problem(str(path), f"the 'config' metadata is not valid JSON: {exc}")) from None
+
+
+def load_transformer(checkpoint: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """The audio+video `LTXModel` (velocity prediction), weights under `model.diffusion_model.`."""
+    from ltx_core.model.transformer.model_configurator import LTXV_MODEL_COMFY_RENAMING_MAP, LTXModelConfigurator
+
+    return _build(checkpoint, LTXModelConfigurator, LTXV_MODEL_COMFY_RENAMING_MAP, "transformer", dtype, device)
+
+
+def load_video_encoder(checkpoint: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """The video VAE `VideoEncoder`: pixels in [-1, 1] `[B, 3, F, H, W]` to normalised latents."""
+    from ltx_core.model.video_vae import VAE_ENCODER_COMFY_KEYS_FILTER, VideoEncoderConfigurator
+
+    return _build(checkpoint, VideoEncoderConfigurator, VAE_ENCODER_COMFY_KEYS_FILTER, "vae", dtype, device)
+
+
+def load_video_decoder(checkpoint: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """The video VAE `VideoDecoder`: normalised latents to pixels in [-1, 1]."""
+    from ltx_core.model.video_vae import VAE_DECODER_COMFY_KEYS_FILTER, VideoDecoderConfigurator
+
+    return _build(checkpoint, VideoDecoderConfigurator, VAE_DECODER_COMFY_KEYS_FILTER, "vae", dtype, device)
+
+
+def load_audio_encoder(checkpoint: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """The audio VAE `AudioEncoder`: log-mel spectrograms `[B, 2, T, mel]` to latents `[B, C, T/4, mel/4]`."""
+    from ltx_core.model.audio_vae import AUDIO_VAE_ENCODER_COMFY_KEYS_FILTER, AudioEncoderConfigurator
+
+    return _build(checkpoint, AudioEncoderConfigurator, AUDIO_VAE_ENCODER_COMFY_KEYS_FILTER, "audio_vae", dtype, device)
+
+
+def load_audio_decoder(checkpoint: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """The audio VAE `AudioDecoder`: latents to log-mel spectrograms."""
+    from ltx_core.model.audio_vae import AUDIO_VAE_DECODER_COMFY_KEYS_FILTER, AudioDecoderConfigurator
+
+    return _build(checkpoint, AudioDecoderConfigurator, AUDIO_VAE_DECODER_COMFY_KEYS_FILTER, "audio_vae", dtype, device)
+
+
+def load_vocoder(checkpoint: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """The vocoder (LTX-2.3: `VocoderWithBWE`, mel at 16 kHz to a 48 kHz stereo waveform)."""
+    from ltx_core.model.audio_vae import VOCODER_COMFY_KEYS_FILTER, VocoderConfigurator
+
+    return _build(checkpoint, VocoderConfigurator, VOCODER_COMFY_KEYS_FILTER, "vocoder", dtype, device)
+
+
+class TextEncoder(torch.nn.Module):
+    """Gemma-3 (ltx-core's `GemmaTextEncoder`) plus ltx-core's feature extractor and embedding connectors."""
+
+    def __init__(self, gemma, embeddings):
+        """Hold `gemma` (`GemmaTextEncoder`) and `embeddings` (`EmbeddingsProcessor`) as submodules."""
+        super().__init__()
+        self.gemma = gemma
+        self.embeddings = embeddings
+
+
+def load_text_encoder(
+    text_encoder_dir: str | Path,
+    checkpoint: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    max_length: int = 1024,
+) -> TextEncoder:
+    """Gemma-3 from `text_encoder_dir` and the connectors' weights from `checkpoint`, on `device`.
+
+    ltx-core's `GemmaTextEncoderConfigurator` hard-codes the 12B Gemma sizes, so
+    the Gemma sizes come from the directory's own `config.json` instead (for the
+    real model they are the same numbers). `max_length` is the padded token
+    count per caption (a multiple of 128, the connectors' register count).
+    """
+    from ltx_core.loader import SingleGPUModelBuilder
+    from ltx_core.text_encoders.gemma import EMBEDDINGS_PROCESSOR_KEY_OPS, GemmaTextEncoder
+    from ltx_core.text_encoders.gemma.tokenizer import LTXVGemmaTokenizer
+    from transformers import AutoConfig, Gemma3ForCausalLM, Gemma3ForConditionalGeneration
+
+    if max_length % 128:
+        raise ModelError(Problem("max_length", f"{max_length} is not a multiple of 128 (the connectors' registers)"))
+    # Check the small file first: loading a 12B Gemma only to fail on the checkpoint wastes minutes.
+    path = _check_checkpoint(checkpoint, "transformer")
+    directory = resolve_model_path(text_encoder_dir)
+    if not (directory / "config.json").is_file():
+        raise ModelError(Problem(str(directory), "not a Gemma-3 directory (no config.json)"))
+    config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
+    text_config = getattr(config, "text_config", config)
+    model_class = Gemma3ForConditionalGeneration if config.model_type == "gemma3" else Gemma3ForCausalLM
+    device = torch.device(device)
+    try:
+        # transformers builds on the meta device and assigns the weights (no double allocation).
+        gemma = model_class.from_pretrained(
+            str(directory), dtype=dtype, local_files_only=True, low_cpu_mem_usage=True,
+            device_map={"": device} if device.type != "cpu" else None,
+        )
+        tokenizer = LTXVGemmaTokenizer(str(directory), max_length)
+    except (OSError, ValueError) as exc:
+        raise ModelError(Problem(str(directory), f"cannot load Gemma-3: {exc}")) from None
+    gemma = GemmaTextEncoder(model=gemma.eval(), tokenizer=tokenizer, dtype=dtype)
+
+    hidden, layers = text_config.hidden_size, text_config.num_hidden_layers
+
+    class _Configurator:
+        @classmethod
+        def from_config(cls, model_config: dict):
+            """The embeddings processor for this checkpoint config and this Gemma."""
+            return build_embeddings_processor(model_config, hidden, layers)
+
+    builder = SingleGPUModelBuilder(model_class_configurator=_Configurator, model_path=str(path),
+                                    model_sd_ops=EMBEDDINGS_PROCESSOR_KEY_OPS)
+    embeddings = _build_with(builder, path, dtype, device, "text embeddings (feature extractor and connectors)")
+    return TextEncoder(gemma, embeddings).eval()
+
+
+def build_embeddings_processor(model_config: dict, gemma_hidden: int, gemma_layers: int):
+    """ltx-core's `EmbeddingsProcessor` (V2 feature extractor + video/audio connectors) for a Gemma of these sizes.
+
+    Same construction as ltx-core's `EmbeddingsProcessorConfigurator`, whose
+    feature extractor is fixed to the 12B Gemma; here the Gemma sizes are given.
+    """
+    from ltx_core.text_encoders.gemma import EmbeddingsProcessor
+    from ltx_core.text_encoders.gemma.embeddings_connector import (
+        AudioEmbeddings1DConnectorConfigurator,
+        Embeddings1DConnectorConfigurator,
+    )
+    from ltx_core.text_encoders.gemma.feature_extractor import FeatureExtractorV2
+
+    t = model_config.get("transformer", {})
+    if not t.get("caption_proj_before_connector", False):
+        raise ModelError(Problem("config.transformer", "only LTX-2.3 checkpoints (caption_proj_before_connector) are supported"))
+    flat = gemma_hidden * (gemma_layers + 1)  # every hidden state, the embedding layer included
+    video_dim = t["num_attention_heads"] * t["attention_head_dim"]
+    audio_dim = t["audio_num_attention_heads"] * t["audio_attention_head_dim"]
+    return EmbeddingsProcessor(
+        feature_extractor=FeatureExtractorV2(
+            video_aggregate_embed=torch.nn.Linear(flat, video_dim, bias=True),
+            embedding_dim=gemma_hidden,
+            audio_aggregate_embed=torch.nn.Linear(flat, audio_dim, bias=True),
+        ),
+        video_connector=Embeddings1DConnectorConfigurator.from_config(model_config),
+        audio_connector=AudioEmbeddings1DConnectorConfigurator.from_config(model_config),
+    )
+
+
+# --- internals -----------------------------------------------------------------------------------
+
+
+def _build(checkpoint, configurator, sd_ops, section: str, dtype, device):
+    from ltx_core.loader import SingleGPUModelBuilder
+
+    path = _check_checkpoint(checkpoint, section)
+    builder = SingleGPUModelBuilder(model_class_configurator=configurator, model_path=str(path), model_sd_ops=sd_ops)
+    return _build_with(builder, path, dtype, torch.device(device), section)
+
+
+def _build_with(builder, path: Path, dtype, device: torch.device, what: str):
+    config = builder.model_config()
+    try:
+        expected = set(builder.meta_model(config, ()).state_dict())
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelError(Problem(str(path), f"the {what} config cannot be built: {exc!r}")) from None
+    with _open(path) as f:
+        available = _mapped_keys(builder.model_sd_ops, f.keys())
+    missing = sorted(expected - available)
+    if missing:
+        listed = ", ".join(missing[:_MAX_LISTED_KEYS])
+        more = f" and {len(missing) - _MAX_LISTED_KEYS} more" if len(missing) > _MAX_LISTED_KEYS else ""
+        raise ModelError(Problem(str(path), f"{len(missing)} {what} weights missing: {listed}{more}"))
+    try:
+        model = builder.build(device=device, dtype=dtype)
+    except (RuntimeError, SafetensorError) as exc:
+        raise ModelError(Problem(str(path), f"cannot load the {what} weights: {exc}")) from None
+    log.info("loaded %s from %s (%d tensors, %s on %s)", what, path.name, len(expected), dtype, device)
+    return model.eval()
+
+
+def _mapped_keys(sd_ops, keys) -> set[str]:
+    """The model keys the checkpoint's `keys` become under `sd_ops`, without reading any tensor."""
+    placeholder = torch.empty(0)
+    mapped = set()
+    for key in keys:
+        renamed = sd_ops.apply_to_key(key)
+        if renamed is not None:
+            mapped.update(r.new_key for r in sd_ops.apply_to_key_value(renamed, placeholder))
+    return mapped
+
+
+def _check_checkpoint(checkpoint, section: str) -> Path:
+    path = _existing_file(checkpoint)
+    config = read_checkpoint_config(path)
+    if section not in config:
+        raise ModelError(Problem(str(path), f"the checkpoint config has no '{section}' section (has: {sorted(config)})"))
+    return path
+
+
+def _existing_file(checkpoint) -> Path:
+    path = resolve_model_path(checkpoint)
+    if not path.is_file():
+        raise ModelError(Problem(str(path), "checkpoint file not found"))
+    return path
+
+
+def _open(path: Path):
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(Problem(str(path), f"not a readable safetensors file (truncated or wrong format): {exc}")) from None

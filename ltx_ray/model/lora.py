@@ -1,0 +1,166 @@
+"""PEFT LoRA on the LTX transformer, and the LoRA file that ltx-core's own loader fuses.
+
+The file: safetensors, bf16, keys `diffusion_model.<module>.lora_A.weight` /
+`.lora_B.weight` (LTX/ComfyUI naming: PEFT's `base_model.model.` prefix and
+adapter name removed), string metadata. LTX LoRA files carry no alpha and are
+fused as W += strength·B·A, so alpha == rank here (PEFT scale 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ltx_ray.errors import ModelError, Problem
+
+DEFAULT_TARGETS = ("attn1", "attn2", "audio_attn1", "audio_attn2")
+FEED_FORWARD_TARGETS = ("ff.net.0.proj", "ff.net.2", "audio_ff.net.0.proj", "audio_ff.net.2")
+CROSS_MODAL_TARGETS = ("audio_to_video_attn", "video_to_audio_attn")
+ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
+TRAINING_TYPE = "av2av_ic_lora"
+KEY_PREFIX = "diffusion_model."
+_ADAPTER = "default"
+
+
+def lora_target_modules(
+    transformer: torch.nn.Module,
+    targets: Iterable[str] = DEFAULT_TARGETS,
+    *,
+    include_feed_forward: bool = False,
+    include_cross_modal: bool = False,
+) -> list[str]:
+    """Full names of the Linear layers that get a LoRA: attention projections of `targets` in every block (+ options)."""
+    attentions = list(targets) + (list(CROSS_MODAL_TARGETS) if include_cross_modal else [])
+    wanted = [rf"{re.escape(a)}\.{re.escape(p)}" for a in attentions for p in ATTENTION_PROJECTIONS]
+    if include_feed_forward:
+        wanted += [re.escape(f) for f in FEED_FORWARD_TARGETS]
+    pattern = re.compile(rf"transformer_blocks\.\d+\.(?:{'|'.join(wanted)})")
+    names = [n for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear) and pattern.fullmatch(n)]
+    if not names:
+        raise ModelError(Problem("model.lora_targets", f"no transformer Linear layer matches {list(targets)}"))
+    return names
+
+
+def apply_lora(
+    transformer: torch.nn.Module,
+    rank: int,
+    *,
+    targets: Iterable[str] = DEFAULT_TARGETS,
+    include_feed_forward: bool = False,
+    include_cross_modal: bool = False,
+) -> PeftModel:
+    """Wrap `transformer` in a PEFT LoRA (rank `rank`, alpha = rank, no dropout); only LoRA params train.
+
+    B starts at zero, so the wrapped model initially computes exactly the base model.
+    """
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=rank,
+        lora_dropout=0.0,
+        target_modules=lora_target_modules(
+            transformer, targets, include_feed_forward=include_feed_forward, include_cross_modal=include_cross_modal
+        ),
+        init_lora_weights=True,
+    )
+    model = get_peft_model(transformer, config)
+    for name, param in model.named_parameters():
+        param.requires_grad_(".lora_A." in name or ".lora_B." in name)
+    return model
+
+
+def set_gradient_checkpointing(model: torch.nn.Module, enable: bool = True) -> None:
+    """Turn on ltx-core's per-block gradient checkpointing (`LTXModel.set_gradient_checkpointing`) under any wrapper."""
+    _ltx_model(model).set_gradient_checkpointing(enable)
+
+
+def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The LoRA weights in LTX naming (`diffusion_model.<module>.lora_A.weight`), float32, on the CPU.
+
+    Accepts a PEFT model or a DeepSpeed engine wrapping one. Under ZeRO-3 each
+    parameter is gathered with `deepspeed.zero.GatheredParameters`; that is a
+    collective, so every rank must call this.
+    """
+    peft_model = _unwrap(model)
+    named = [(n, p) for n, p in peft_model.named_parameters() if ".lora_A." in n or ".lora_B." in n]
+    if not named:
+        raise ModelError(Problem("model", "the model has no LoRA parameters"))
+    # One gather for all LoRA tensors: they are small, and each gather is a collective.
+    with _gathered([p for _, p in named]):
+        return {_ltx_key(name): param.detach().to("cpu", torch.float32).clone() for name, param in named}
+
+
+def lora_metadata(
+    *,
+    rank: int,
+    trigger_phrase: str,
+    reference_downscale_factor: int,
+    reference_temporal_scale_factor: int,
+    base_model: str,
+    **extra: object,
+) -> dict[str, str]:
+    """The metadata strings an av2av IC-LoRA file carries (plus any `extra` entries)."""
+    meta = {
+        "training_type": TRAINING_TYPE,
+        "rank": rank,
+        "alpha": rank,
+        "trigger_phrase": trigger_phrase,
+        "reference_downscale_factor": reference_downscale_factor,
+        "reference_temporal_scale_factor": reference_temporal_scale_factor,
+        "base_model": base_model,
+        **extra,
+    }
+    return {k: str(v) for k, v in meta.items()}
+
+
+def save_lora_file(state_dict: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, object]) -> Path:
+    """Write the LoRA as bf16 safetensors with string metadata; returns the path."""
+    bad = [k for k in state_dict if not (k.startswith(KEY_PREFIX) and k.endswith((".lora_A.weight", ".lora_B.weight")))]
+    if bad:
+        raise ValueError(f"not LTX LoRA keys: {bad[:5]}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu", torch.bfloat16).contiguous() for k, v in state_dict.items()}
+    save_file(tensors, str(path), metadata={str(k): str(v) for k, v in metadata.items()})
+    return path
+
+
+def read_lora_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata strings of a LoRA file."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(Problem(str(path), f"not a readable LoRA file: {exc}")) from None
+
+
+def _ltx_key(peft_name: str) -> str:
+    name = peft_name.removeprefix("base_model.model.").replace(f".{_ADAPTER}.", ".")
+    return KEY_PREFIX + name
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    # A DeepSpeed engine (or DDP) keeps the wrapped model in `.module`.
+    while not isinstance(model, PeftModel) and hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def _ltx_model(model: torch.nn.Module) -> torch.nn.Module:
+    model = _unwrap(model)
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def _gathered(params: list[torch.nn.Parameter]):
+    # ZeRO-3 replaces each parameter by an empty shard and tags it with `ds_id`.
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    return contextlib.nullcontext()

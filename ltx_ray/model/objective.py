@@ -1,0 +1,170 @@
+"""The av2av IC-LoRA training step: one loss from a batch of reference/target latents.
+
+Per modality the token sequence is [clean reference tokens, noised target
+tokens]. Reference tokens carry timestep 0 and no loss; target tokens are
+x_σ = (1 − σ)·x0 + σ·ε with timestep σ, and the model's velocity prediction is
+regressed onto ε − x0. σ is drawn per sample and independently for video and
+audio. The total loss is video loss + audio loss; both are reported.
+
+`av2av_loss` is a pure function of (model, batch, generator): no Ray, no
+DeepSpeed, no global RNG, so it runs the same in a test and on a cluster rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ltx_core.model.transformer.modality import Modality
+
+from ltx_ray.model.tokens import (
+    audio_positions,
+    patchify_audio,
+    patchify_video,
+    reference_video_positions,
+    sample_sigmas,
+    video_positions,
+)
+
+BATCH_KEYS = ("ref_video", "video", "ref_audio", "audio", "video_context", "audio_context", "context_mask")
+
+
+@dataclass(frozen=True)
+class ModalityInputs:
+    """One modality's transformer input and what its prediction is scored against.
+
+    `loss_mask` `[B, T_ref + T]` is False on reference tokens; `target` `[B, T, C]`
+    is the velocity ε − x0 of the target tokens only.
+    """
+
+    modality: Modality
+    target: torch.Tensor
+    loss_mask: torch.Tensor
+    sigma: torch.Tensor
+    reference_tokens: int
+
+
+def av2av_inputs(
+    batch: dict[str, torch.Tensor],
+    generator: torch.Generator,
+    *,
+    reference_downscale_factor: int = 1,
+    reference_temporal_scale_factor: int = 1,
+    frame_rate: float = 24.0,
+) -> tuple[ModalityInputs, ModalityInputs]:
+    """Noise the targets and build the (video, audio) transformer inputs of one av2av step."""
+    missing = [k for k in BATCH_KEYS if k not in batch]
+    if missing:
+        raise KeyError(f"av2av batch lacks {missing}")
+    video, ref_video = batch["video"], batch["ref_video"]
+    b, _, frames, height, width = video.shape
+    _, _, ref_frames, ref_height, ref_width = ref_video.shape
+    device = video.device
+
+    target_pos = video_positions(b, frames, height, width, frame_rate, device=device)
+    ref_pos = reference_video_positions(
+        b, ref_frames, ref_height, ref_width, frame_rate,
+        downscale_factor=reference_downscale_factor,
+        temporal_scale_factor=reference_temporal_scale_factor,
+        device=device,
+    )
+    video_inputs = _modality_inputs(
+        patchify_video(ref_video), patchify_video(video), ref_pos, target_pos,
+        batch["video_context"], batch["context_mask"], generator,
+    )
+
+    audio, ref_audio = batch["audio"], batch["ref_audio"]
+    audio_inputs = _modality_inputs(
+        patchify_audio(ref_audio), patchify_audio(audio),
+        audio_positions(b, ref_audio.shape[2], device=device), audio_positions(b, audio.shape[2], device=device),
+        batch["audio_context"], batch["context_mask"], generator,
+    )
+    return video_inputs, audio_inputs
+
+
+def av2av_loss(
+    model,
+    batch: dict[str, torch.Tensor],
+    generator: torch.Generator,
+    *,
+    reference_downscale_factor: int = 1,
+    reference_temporal_scale_factor: int = 1,
+    frame_rate: float = 24.0,
+) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
+    """The av2av IC-LoRA loss of one batch; returns (video loss + audio loss, metrics).
+
+    `model` is the LTX transformer, bare, wrapped by PEFT, or a DeepSpeed engine
+    (anything called as `model(video=..., audio=..., perturbations=None)`).
+    Batch: `ref_video` `[B, C, f_ref, h_ref, w_ref]` and `video` `[B, C, f, h, w]`
+    video latents; `ref_audio`, `audio` audio latents `[B, C, T, M]`;
+    `video_context` `[B, L, Dv]`, `audio_context` `[B, L, Da]`, `context_mask` `[B, L]`.
+    `generator` draws σ and ε (on the batch's device). Metrics: `video_loss`,
+    `audio_loss` (detached tensors), `sigma_video`, `sigma_audio` (batch means),
+    `video_tokens`, `audio_tokens` (target tokens per sample).
+    """
+    video_in, audio_in = av2av_inputs(
+        batch, generator,
+        reference_downscale_factor=reference_downscale_factor,
+        reference_temporal_scale_factor=reference_temporal_scale_factor,
+        frame_rate=frame_rate,
+    )
+    video_pred, audio_pred = model(video=video_in.modality, audio=audio_in.modality, perturbations=None)
+    video_loss = masked_mse(video_pred, video_in)
+    audio_loss = masked_mse(audio_pred, audio_in)
+    loss = video_loss + audio_loss
+    metrics = {
+        "video_loss": video_loss.detach(),
+        "audio_loss": audio_loss.detach(),
+        "sigma_video": float(video_in.sigma.mean()),
+        "sigma_audio": float(audio_in.sigma.mean()),
+        "video_tokens": int(video_in.target.shape[1]),
+        "audio_tokens": int(audio_in.target.shape[1]),
+    }
+    return loss, metrics
+
+
+def masked_mse(prediction: torch.Tensor, inputs: ModalityInputs) -> torch.Tensor:
+    """Mean squared error on the tokens of `inputs.loss_mask` (the target), per sample, then over the batch."""
+    mask = inputs.loss_mask.unsqueeze(-1).to(torch.float32)
+    target = torch.zeros_like(prediction, dtype=torch.float32)
+    target[:, inputs.reference_tokens:] = inputs.target.float()
+    # Multiplying by the mask (not slicing) is the specification: nothing on a
+    # reference position can reach the loss, whatever the model outputs there.
+    squared = (prediction.float() - target).pow(2) * mask
+    per_sample = squared.sum(dim=(1, 2)) / (mask.sum(dim=(1, 2)) * prediction.shape[-1]).clamp(min=1.0)
+    return per_sample.mean()
+
+
+def _modality_inputs(
+    reference: torch.Tensor,
+    target: torch.Tensor,
+    reference_positions: torch.Tensor,
+    target_positions: torch.Tensor,
+    context: torch.Tensor,
+    context_mask: torch.Tensor,
+    generator: torch.Generator,
+) -> ModalityInputs:
+    b, n_target, _ = target.shape
+    n_ref = reference.shape[1]
+    sigma = sample_sigmas(b, n_target, generator, device=target.device)
+    noise = torch.randn(target.shape, generator=generator, device=target.device, dtype=torch.float32)
+    s = sigma.view(b, 1, 1)
+    x0 = target.float()
+    noised = ((1 - s) * x0 + s * noise).to(target.dtype)
+    timesteps = torch.cat([torch.zeros(b, n_ref, device=target.device), sigma[:, None].expand(b, n_target)], dim=1)
+    loss_mask = torch.cat(
+        [torch.zeros(b, n_ref, dtype=torch.bool, device=target.device),
+         torch.ones(b, n_target, dtype=torch.bool, device=target.device)],
+        dim=1,
+    )
+    modality = Modality(
+        latent=torch.cat([reference.to(target.dtype), noised], dim=1),
+        sigma=sigma.to(target.dtype),
+        timesteps=timesteps.to(target.dtype),
+        positions=torch.cat([reference_positions, target_positions], dim=2),
+        context=context.to(target.dtype),
+        enabled=True,
+        context_mask=context_mask,
+    )
+    return ModalityInputs(modality, noise - x0, loss_mask, sigma, n_ref)

@@ -1,0 +1,359 @@
+"""A tiny LTX-2.3 bundle in the real format: one random single-file checkpoint and a Gemma-3 directory.
+
+The checkpoint has the key prefixes and the `config` metadata sections of
+`ltx-2.3-22b-dev.safetensors` (transformer, vae, audio_vae, vocoder), only with
+tiny widths, so tests and the demo load it through exactly the code path of the
+real model (`ltx_ray.model.loader`). Every component is built by ltx-core's own
+configurators, so the keys and shapes are by construction the ones its loader
+expects. Weights are stored in bf16, like the real checkpoint (ltx-core's LoRA
+fusion only fuses into bf16 or fp8 weights).
+
+Tiny sizes differ from the real model where a test would otherwise be slow:
+video latents have 16 channels (real: 128), audio latents 2 channels x 16 mel
+bins (real: 8 x 16), the transformer is 2 layers of 2 heads. The compression
+factors are the real ones: 32x spatial / 8x temporal for video, 4x temporal
+(25 latent frames per second at 16 kHz) for audio; the vocoder keeps 64 mel
+bins per channel because ltx-core hard-codes its 128 input channels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+CHECKPOINT_NAME = "ltx-2.3-tiny.safetensors"
+GEMMA_DIR_NAME = "gemma-3-tiny"
+
+# Text-token budget of the tiny encoder; the connectors' 128 learnable registers need a multiple of 128.
+TINY_TEXT_MAX_LENGTH = 128
+
+_TRANSFORMER = {
+    "_class_name": "AVTransformer3DModel",
+    # Architecture flags: the values of the real LTX-2.3 config (ltx-core checks several of them).
+    "activation_fn": "gelu-approximate",
+    "attention_bias": True,
+    "attention_type": "default",
+    "double_self_attention": False,
+    "dropout": 0.0,
+    "norm_elementwise_affine": False,
+    "norm_eps": 1e-06,
+    "num_embeds_ada_norm": 1000,
+    "num_vector_embeds": None,
+    "only_cross_attention": False,
+    "cross_attention_norm": True,
+    "upcast_attention": False,
+    "use_linear_projection": False,
+    "qk_norm": "rms_norm",
+    "standardization_norm": "rms_norm",
+    "positional_embedding_type": "rope",
+    "positional_embedding_theta": 10000.0,
+    "positional_embedding_max_pos": [20, 2048, 2048],
+    "timestep_scale_multiplier": 1000,
+    "av_ca_timestep_scale_multiplier": 1000.0,
+    "use_audio_video_cross_attention": True,
+    "share_ff": False,
+    "audio_positional_embedding_max_pos": [20],
+    "av_cross_ada_norm": True,
+    "use_embeddings_connector": True,
+    "use_middle_indices_grid": True,
+    "apply_gated_attention": True,
+    "connector_apply_gated_attention": True,
+    "caption_projection_first_linear": False,
+    "caption_projection_second_linear": False,
+    "caption_proj_input_norm": False,
+    "caption_proj_before_connector": True,
+    "cross_attention_adaln": True,
+    "text_encoder_norm_type": "per_token_rms",
+    "rope_type": "split",
+    "frequencies_precision": "float64",
+    "connector_positional_embedding_max_pos": [4096],
+    "connector_num_learnable_registers": 128,
+    # Tiny sizes. Heads are equal for video and audio; context dims equal the inner dims
+    # because the text projection happens before the connectors (caption_proj_before_connector).
+    "num_layers": 2,
+    "num_attention_heads": 2,
+    "attention_head_dim": 16,
+    "cross_attention_dim": 32,
+    "in_channels": 16,
+    "out_channels": 16,
+    "audio_num_attention_heads": 2,
+    "audio_attention_head_dim": 16,
+    "audio_cross_attention_dim": 32,
+    "audio_in_channels": 32,
+    "audio_out_channels": 32,
+    "connector_num_attention_heads": 2,
+    "connector_attention_head_dim": 16,
+    "connector_num_layers": 1,
+    "audio_connector_num_attention_heads": 2,
+    "audio_connector_attention_head_dim": 16,
+}
+
+_VAE = {
+    "_class_name": "CausalVideoAutoencoder",
+    "dims": 3,
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 16,
+    # The real block sequence without its res_x stacks: 4x patchify, then 2x space, 2x time,
+    # and two 2x all-axes stages = 32x spatial, 8x temporal.
+    "encoder_blocks": [
+        ["compress_space_res", {"multiplier": 2}],
+        ["compress_time_res", {"multiplier": 2}],
+        ["compress_all_res", {"multiplier": 2}],
+        ["compress_all_res", {"multiplier": 1}],
+        ["res_x", {"num_layers": 1}],
+    ],
+    "decoder_blocks": [
+        ["compress_space", {"multiplier": 2}],
+        ["compress_time", {"multiplier": 2}],
+        ["compress_all", {"multiplier": 1}],
+        ["compress_all", {"multiplier": 2}],
+        ["res_x", {"num_layers": 1}],
+    ],
+    "scaling_factor": 1.0,
+    "norm_layer": "pixel_norm",
+    "patch_size": 4,
+    "latent_log_var": "uniform",
+    "use_quant_conv": False,
+    "causal_decoder": False,
+    "timestep_conditioning": False,
+    "normalize_latent_channels": False,
+    "encoder_base_channels": 16,
+    "decoder_base_channels": 8,
+    "spatial_padding_mode": "zeros",
+}
+
+_AUDIO_VAE = {
+    "model": {
+        "params": {
+            "ddconfig": {
+                "double_z": True,
+                "mel_bins": 64,
+                # z_channels x (64 mel bins / 4) must equal ch: ltx-core normalises the
+                # patchified latent with per-channel statistics of width `ch`.
+                "z_channels": 2,
+                "resolution": 256,
+                "downsample_time": False,
+                "in_channels": 2,
+                "out_ch": 2,
+                "ch": 32,
+                "ch_mult": [1, 1, 1],
+                "num_res_blocks": 1,
+                "attn_resolutions": [],
+                "dropout": 0.0,
+                "mid_block_add_attention": False,
+                "norm_type": "pixel",
+                "causality_axis": "height",
+            },
+            "sampling_rate": 16000,
+        }
+    },
+    "preprocessing": {
+        "audio": {"sampling_rate": 16000, "max_wav_value": 32768.0, "duration": 5.12, "stereo": True, "causal_padding": 3},
+        "stft": {"filter_length": 1024, "hop_length": 160, "win_length": 1024, "causal": True},
+        "mel": {"n_mel_channels": 64, "mel_fmin": 0, "mel_fmax": 8000},
+    },
+}
+
+# Upsampling products are the real ones: 160 (mel hop at 16 kHz) and 240 (BWE hop 80 x 3 for 48 kHz),
+# in two stages instead of five or six: ltx-core's anti-aliased activations dominate CPU time.
+_GENERATOR = {
+    "resblock": "AMP1",
+    "resblock_kernel_sizes": [3],
+    "resblock_dilation_sizes": [[1, 3, 5]],
+    "stereo": True,
+    "use_tanh_at_final": False,
+    "activation": "snakebeta",
+    "use_bias_at_final": False,
+}
+_VOCODER = {
+    "vocoder": {**_GENERATOR, "upsample_initial_channel": 32, "upsample_rates": [16, 10],
+                "upsample_kernel_sizes": [32, 20]},
+    "bwe": {**_GENERATOR, "upsample_initial_channel": 32, "upsample_rates": [16, 15],
+            "upsample_kernel_sizes": [32, 31], "apply_final_activation": False,
+            "input_sampling_rate": 16000, "output_sampling_rate": 48000, "hop_length": 80,
+            "n_fft": 512, "win_size": 512, "num_mels": 64},
+}
+
+TINY_CONFIG = {
+    "transformer": _TRANSFORMER,
+    "vae": _VAE,
+    "scheduler": {"_class_name": "RectifiedFlowScheduler", "num_train_timesteps": 1000, "sampler": "LinearQuadratic"},
+    "audio_vae": _AUDIO_VAE,
+    "vocoder": _VOCODER,
+}
+
+# A tiny Gemma-3 (the real text encoder is Gemma3ForConditionalGeneration, 48 layers of 3840).
+_GEMMA_TEXT = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": 16,
+    "query_pre_attn_scalar": 16,
+    "sliding_window": 64,
+    "max_position_embeddings": 2048,
+    "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+}
+_GEMMA_VISION = {
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "image_size": 28,
+    "patch_size": 14,
+}
+_WORDS = (
+    "a an the of in on over under with and or to from by at is are bright dark square circle moving "
+    "background foreground red green blue yellow white black sound music noise voice street neon city "
+    "night day slow fast loud quiet soft drum piano guitar rain wind water fire light shadow camera "
+    "man woman cat dog bird car train walking running talking singing av_st9le style"
+).split()
+
+
+def write_tiny_bundle(out_dir: str | Path, seed: int = 0) -> tuple[Path, Path]:
+    """Write `<out_dir>/ltx-2.3-tiny.safetensors` and `<out_dir>/gemma-3-tiny/`; return both paths.
+
+    Deterministic for a given seed; takes a few seconds on a CPU.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / CHECKPOINT_NAME
+    gemma_dir = out / GEMMA_DIR_NAME
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gemma_hidden, gemma_layers = _write_tiny_gemma(gemma_dir)
+        state = _tiny_checkpoint_state(gemma_hidden, gemma_layers)
+    metadata = {"config": json.dumps(TINY_CONFIG), "model_version": "2.3.0-tiny"}
+    # bf16 like the real file; contiguous because safetensors refuses views.
+    save_file({k: v.detach().to(torch.bfloat16).contiguous() for k, v in state.items()}, str(checkpoint), metadata)
+    return checkpoint, gemma_dir
+
+
+def _tiny_checkpoint_state(gemma_hidden: int, gemma_layers: int) -> dict[str, torch.Tensor]:
+    """Every component built by ltx-core's configurators, initialised, under the real key prefixes."""
+    from ltx_core.model.audio_vae import (
+        AudioDecoderConfigurator,
+        AudioEncoderConfigurator,
+        VocoderConfigurator,
+    )
+    from ltx_core.model.transformer.model_configurator import LTXModelConfigurator
+    from ltx_core.model.video_vae import VideoDecoderConfigurator, VideoEncoderConfigurator
+
+    from ltx_ray.model.loader import build_embeddings_processor
+
+    state: dict[str, torch.Tensor] = {}
+    transformer = _initialised(LTXModelConfigurator.from_config(TINY_CONFIG))
+    state.update(_prefixed(transformer.state_dict(), "model.diffusion_model."))
+
+    embeddings = _initialised(build_embeddings_processor(TINY_CONFIG, gemma_hidden, gemma_layers))
+    for key, value in embeddings.state_dict().items():
+        key = key.replace("feature_extractor.", "text_embedding_projection.", 1)
+        key = key.replace("video_connector.", "model.diffusion_model.video_embeddings_connector.", 1)
+        key = key.replace("audio_connector.", "model.diffusion_model.audio_embeddings_connector.", 1)
+        state[key] = value
+
+    # The encoder and decoder of a VAE share one set of latent statistics in the real file.
+    encoder = _initialised(VideoEncoderConfigurator.from_config(TINY_CONFIG))
+    decoder = _initialised(VideoDecoderConfigurator.from_config(TINY_CONFIG))
+    _add_vae(state, "vae", encoder.state_dict(), decoder.state_dict())
+    audio_encoder = _initialised(AudioEncoderConfigurator.from_config(TINY_CONFIG))
+    audio_decoder = _initialised(AudioDecoderConfigurator.from_config(TINY_CONFIG))
+    _add_vae(state, "audio_vae", audio_encoder.state_dict(), audio_decoder.state_dict())
+
+    vocoder = _initialised(VocoderConfigurator.from_config(TINY_CONFIG))
+    _set_stft_buffers(vocoder.mel_stft, TINY_CONFIG["vocoder"]["bwe"])
+    state.update(_prefixed(vocoder.state_dict(), "vocoder."))
+    return state
+
+
+def _prefixed(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {prefix + k: v for k, v in sd.items()}
+
+
+def _add_vae(state: dict, prefix: str, encoder_sd: dict, decoder_sd: dict) -> None:
+    stats = "per_channel_statistics."
+    for key, value in encoder_sd.items():
+        state[f"{prefix}.{key}" if key.startswith(stats) else f"{prefix}.encoder.{key}"] = value
+    for key, value in decoder_sd.items():
+        if not key.startswith(stats):
+            state[f"{prefix}.decoder.{key}"] = value
+
+
+def _initialised(module: torch.nn.Module) -> torch.nn.Module:
+    """Give real values to the tensors ltx-core creates with `torch.empty` (tables and latent statistics)."""
+    for name, param in module.named_parameters():
+        if "scale_shift_table" in name:
+            # AdaLN tables are added to timestep embeddings; the reference init is randn / sqrt(dim).
+            with torch.no_grad():
+                param.copy_(torch.randn_like(param) / math.sqrt(param.shape[-1]))
+        elif name in ("proj_out.weight", "audio_proj_out.weight"):
+            # A trained LTX model predicts velocities of unit scale. PyTorch's default init
+            # after the output LayerNorm reaches only ~0.5 of that, and a LoRA on the blocks
+            # cannot rescale the frozen output layer, so give it unit gain.
+            with torch.no_grad():
+                param.copy_(torch.randn_like(param) * (2.0 / math.sqrt(param.shape[1])))
+    for name, buffer in module.named_buffers():
+        if name.endswith("std-of-means"):
+            buffer.copy_(torch.rand_like(buffer) * 0.5 + 0.75)
+        elif name.endswith("mean-of-means"):
+            buffer.copy_(torch.randn_like(buffer) * 0.05)
+    for name, tensor in list(module.state_dict().items()):
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise RuntimeError(f"tiny bundle: {name} is not initialised")
+    return module
+
+
+def _set_stft_buffers(mel_stft: torch.nn.Module, bwe: dict) -> None:
+    """A real causal STFT basis (DFT rows x Hann window) and a real Slaney mel filterbank."""
+    import torchaudio
+
+    n_fft, n_mels, rate = bwe["n_fft"], bwe["num_mels"], bwe["output_sampling_rate"] // 3
+    n_freqs = n_fft // 2 + 1
+    window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
+    t = torch.arange(n_fft, dtype=torch.float64)
+    k = torch.arange(n_freqs, dtype=torch.float64)[:, None]
+    angle = 2 * math.pi * k * t / n_fft
+    basis = torch.cat([torch.cos(angle), -torch.sin(angle)]) * window
+    mel_stft.stft_fn.forward_basis.copy_(basis[:, None, :].float())
+    mel_stft.stft_fn.inverse_basis.copy_(torch.linalg.pinv(basis).T[:, None, :].float())
+    fbanks = torchaudio.functional.melscale_fbanks(
+        n_freqs, f_min=0.0, f_max=rate / 2, n_mels=n_mels, sample_rate=rate, norm="slaney", mel_scale="slaney"
+    )
+    mel_stft.mel_basis.copy_(fbanks.T.float())
+
+
+def _write_tiny_gemma(gemma_dir: Path) -> tuple[int, int]:
+    """Save a tiny `Gemma3ForConditionalGeneration` and a locally built fast tokenizer; return its text sizes."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_image>", "<end_of_image>", "<image_soft_token>"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(_WORDS)))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>",
+        padding_side="left", model_max_length=TINY_TEXT_MAX_LENGTH,
+    )
+    tokenizer.save_pretrained(str(gemma_dir))
+
+    config = Gemma3Config(
+        text_config={**_GEMMA_TEXT, "vocab_size": len(vocab)},
+        vision_config=_GEMMA_VISION,
+        mm_tokens_per_image=4,
+        boi_token_index=vocab["<start_of_image>"],
+        eoi_token_index=vocab["<end_of_image>"],
+        image_token_index=vocab["<image_soft_token>"],
+        pad_token_id=vocab["<pad>"],
+        eos_token_id=vocab["<eos>"],
+        bos_token_id=vocab["<bos>"],
+    )
+    model = Gemma3ForConditionalGeneration(config)
+    model.save_pretrained(str(gemma_dir), safe_serialization=True)
+    return _GEMMA_TEXT["hidden_size"], _GEMMA_TEXT["num_hidden_layers"]

@@ -1,0 +1,139 @@
+"""Latents to transformer tokens: patchify, RoPE positions of target and reference tokens, the sigma sampler.
+
+Shared by the training step and the validation sampler. Positions follow
+ltx-core's conventions: video `[B, 3, T, 2]` holds `[start, end)` bounds of
+time (seconds), height (pixels) and width (pixels) per token, with the causal
+first-frame fix of the video VAE; audio `[B, 1, T, 2]` holds time bounds in
+seconds. Reference tokens share the target's coordinate origin, so the model
+sees reference and target as overlapping views of the same clip.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ltx_core.components.patchifiers import AudioPatchifier, VideoLatentPatchifier, get_pixel_coords
+from ltx_core.types import VIDEO_SCALE_FACTORS, AudioLatentShape, VideoLatentShape
+
+AUDIO_SAMPLE_RATE = 16000
+AUDIO_HOP_LENGTH = 160
+AUDIO_LATENT_DOWNSAMPLE = 4
+
+_VIDEO_PATCHIFIER = VideoLatentPatchifier(patch_size=1)
+_AUDIO_PATCHIFIER = AudioPatchifier(
+    patch_size=1,
+    sample_rate=AUDIO_SAMPLE_RATE,
+    hop_length=AUDIO_HOP_LENGTH,
+    audio_latent_downsample_factor=AUDIO_LATENT_DOWNSAMPLE,
+    is_causal=True,
+)
+
+
+def patchify_video(latents: torch.Tensor) -> torch.Tensor:
+    """Video latents `[B, C, F, H, W]` to tokens `[B, F*H*W, C]` (frame-major, then rows, then columns)."""
+    return _VIDEO_PATCHIFIER.patchify(latents)
+
+
+def unpatchify_video(tokens: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
+    """Tokens `[B, F*H*W, C]` back to video latents `[B, C, F, H, W]`."""
+    b, _, c = tokens.shape
+    return _VIDEO_PATCHIFIER.unpatchify(tokens, VideoLatentShape(b, c, frames, height, width))
+
+
+def patchify_audio(latents: torch.Tensor) -> torch.Tensor:
+    """Audio latents `[B, C, T, M]` to tokens `[B, T, C*M]` (one token per latent frame)."""
+    return _AUDIO_PATCHIFIER.patchify(latents)
+
+
+def unpatchify_audio(tokens: torch.Tensor, channels: int, mel_bins: int) -> torch.Tensor:
+    """Tokens `[B, T, C*M]` back to audio latents `[B, C, T, M]`."""
+    b, t, _ = tokens.shape
+    return _AUDIO_PATCHIFIER.unpatchify(tokens, AudioLatentShape(b, channels, t, mel_bins))
+
+
+def video_positions(
+    batch: int, frames: int, height: int, width: int, fps: float, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Positions `[B, 3, F*H*W, 2]` of a target video latent grid (time in seconds, space in pixels)."""
+    coords = _VIDEO_PATCHIFIER.get_patch_grid_bounds(VideoLatentShape(batch, 1, frames, height, width), device=device)
+    pixels = get_pixel_coords(coords, VIDEO_SCALE_FACTORS, causal_fix=True).float()
+    pixels[:, 0] = pixels[:, 0] / fps
+    return pixels
+
+
+def reference_video_positions(
+    batch: int,
+    frames: int,
+    height: int,
+    width: int,
+    fps: float,
+    *,
+    downscale_factor: int = 1,
+    temporal_scale_factor: int = 1,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Positions `[B, 3, F*H*W, 2]` of a reference latent grid, mapped onto the target's coordinates.
+
+    Spatial: a reference downscaled by `s` has its pixel h, w bounds multiplied
+    by `s`, so it spans the target's full frame. Temporal: a reference that kept
+    frame 0 and every `k`-th target frame lives at fps / k; its time bounds are
+    then shifted back by (k - 1) / fps (clamped at 0) so that its first and
+    last latent frames end where the target's do. This is the mapping of
+    ltx-core's `VideoConditionByReferenceLatent(temporal_scale_factor=k)` in
+    later ltx-core releases, so LoRAs trained here condition the same way there.
+    """
+    positions = video_positions(batch, frames, height, width, fps / temporal_scale_factor, device=device)
+    if temporal_scale_factor != 1:
+        positions[:, 0] = (positions[:, 0] - (temporal_scale_factor - 1) / fps).clamp(min=0)
+    if downscale_factor != 1:
+        positions[:, 1:] = positions[:, 1:] * downscale_factor
+    return positions
+
+
+def audio_positions(batch: int, frames: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Positions `[B, 1, T, 2]` of T audio latent frames: time bounds in seconds (25 frames per second)."""
+    return _AUDIO_PATCHIFIER.get_patch_grid_bounds(AudioLatentShape(batch, 1, frames, 1), device=device)
+
+
+# --- noise levels --------------------------------------------------------------------------------
+
+# A shift that grows linearly with the target token count (0.95 at 1,024 tokens, 2.05 at 4,096, extrapolated).
+_SHIFT_TOKENS = (1024, 4096)
+_SHIFT_VALUES = (0.95, 2.05)
+# Standard-normal quantiles (0.5 % and 99.9 %) the logit-normal is stretched between, so it covers [0, 1].
+_LOW_QUANTILE, _HIGH_QUANTILE = -2.5758, 3.0902
+_EPS = 1e-3
+
+
+def sigma_shift(num_tokens: int) -> float:
+    """The logit-normal mean for a target of `num_tokens` tokens: more tokens, noisier training."""
+    (n0, n1), (s0, s1) = _SHIFT_TOKENS, _SHIFT_VALUES
+    return s0 + (s1 - s0) * (num_tokens - n0) / (n1 - n0)
+
+
+def sample_sigmas(
+    batch_size: int,
+    num_tokens: int,
+    generator: torch.Generator | None = None,
+    *,
+    std: float = 1.0,
+    uniform_prob: float = 0.1,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """σ `[batch_size]` in (0, 1]: a shifted, stretched logit-normal mixed with `uniform_prob` uniform draws.
+
+    The logit-normal mean is `sigma_shift(num_tokens)` (the *target* token
+    count); samples are stretched between its 0.5 % and 99.9 % quantiles and
+    reflected away from 0. The uniform share keeps every noise level trained.
+    """
+    mu = sigma_shift(num_tokens)
+    normal = torch.randn(batch_size, generator=generator, device=device) * std + mu
+    low = 1.0 / (1.0 + math.exp(-(mu + _LOW_QUANTILE * std)))
+    high = 1.0 / (1.0 + math.exp(-(mu + _HIGH_QUANTILE * std)))
+    stretched = (torch.sigmoid(normal) - low) / (high - low)
+    stretched = torch.where(stretched >= _EPS, stretched, 2 * _EPS - stretched).clamp(0.0, 1.0)
+    uniform = _EPS + (1.0 - _EPS) * torch.rand(batch_size, generator=generator, device=device)
+    pick_uniform = torch.rand(batch_size, generator=generator, device=device) < uniform_prob
+    return torch.where(pick_uniform, uniform, stretched)

@@ -1,0 +1,67 @@
+"""The DeepSpeed config generated from the job config, and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from ltx_ray.config.schema import JobConfig
+
+
+def deepspeed_config(job: JobConfig, world_size: int) -> dict[str, Any]:
+    """ZeRO stage, precision, clipping and a torch AdamW over the trainable (LoRA) parameters."""
+    c, t = job.cluster, job.train
+    cfg: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": c.micro_batch_size,
+        "gradient_accumulation_steps": c.gradient_accumulation_steps,
+        "train_batch_size": c.micro_batch_size * c.gradient_accumulation_steps * world_size,
+        "gradient_clipping": t.max_grad_norm,
+        "zero_optimization": {
+            "stage": c.zero_stage,
+            "overlap_comm": c.use_gpu,
+            "contiguous_gradients": True,
+        },
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": job.request.learning_rate,
+                "betas": [0.9, 0.999],
+                "eps": 1e-8,
+                "weight_decay": t.weight_decay,
+                # The fused/CPU-Adam C++ kernels need a compiler toolchain per node;
+                # torch's AdamW works everywhere and the LoRA optimizer state is small.
+                "torch_adam": True,
+            },
+        },
+        "bf16": {"enabled": c.precision == "bf16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if c.zero_stage == 3:
+        cfg["zero_optimization"].update(
+            {
+                # Gather the sharded LoRA weights into one file when saving.
+                "stage3_gather_16bit_weights_on_model_save": True,
+                "stage3_param_persistence_threshold": 0,
+            }
+        )
+    return cfg
+
+
+def lr_lambda(job: JobConfig) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at an optimizer step: warmup, then constant/linear/cosine."""
+    total = job.request.number_of_steps
+    warmup = min(job.train.warmup_steps, total)
+    kind = job.train.lr_scheduler
+
+    def fn(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return fn

@@ -1,0 +1,151 @@
+"""The job driver: validate, preprocess into the latent cache, train with Ray Train, publish outputs.
+
+`run_job` is what `ltx-ray train` runs, on the Ray head or wherever `ray job
+submit` starts the entrypoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.fs as pafs
+import ray
+import ray.train
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from ltx_ray.config.load import run_name as derive_run_name
+from ltx_ray.config.schema import JobConfig
+from ltx_ray.data.pipeline import build_latent_cache, publish_debug_dataset
+from ltx_ray.sample.conditioning import check_validation_inputs
+from ltx_ray.storage import resolve_filesystem
+from ltx_ray.train.loop import train_loop_per_worker
+from ltx_ray.train import outputs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a finished training run leaves behind."""
+
+    run_name: str
+    steps: int
+    seconds: float
+    checkpoint_uri: str
+    outputs: dict[str, Any]
+
+
+def init_ray(job: JobConfig) -> None:
+    """Join the cluster in RAY_ADDRESS (or the one `ray job submit` runs in), else start a local one."""
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        # A local instance: decode tasks, encoder actors and training workers are mostly
+        # waiting on each other, so offer a few more logical CPUs than cores.
+        ray.init(num_cpus=max(4, os.cpu_count() or 1), logging_level=logging.WARNING)
+
+
+def prepare_validation(job: JobConfig, run: str) -> str | None:
+    """Encode the validation samples once (a Ray task, on a GPU when the cluster has them); returns its URI."""
+    if not job.request.validation:
+        return None
+    from ltx_ray.model.loader import checkpoint_identity
+    from ltx_ray.sample.conditioning import validation_key
+
+    uri = outputs.storage_uri(job, run, "validation", validation_key(job, checkpoint_identity(job.model.checkpoint))
+                              + ".safetensors")
+    fs, path = resolve_filesystem(uri, job.storage)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        options = {"num_gpus": 1} if job.cluster.use_gpu else {"num_cpus": 1}
+        ray.get(_build_validation_task.options(**options).remote(job, uri))
+    return uri
+
+
+@ray.remote
+def _build_validation_task(job: JobConfig, uri: str) -> str:
+    import tempfile
+    from pathlib import Path
+
+    from ltx_ray.sample.conditioning import build_validation_set
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = build_validation_set(job, Path(tmp) / "validation.safetensors")
+        return outputs.upload_file(job, local, uri)
+
+
+def run_training(job: JobConfig) -> TrainResult:
+    """Preprocess (or reuse the cache), then train the LoRA across the Ray cluster."""
+    run = derive_run_name(job)
+    # Refused inputs fail here, before any cluster time is spent.
+    check_validation_inputs(job)
+    init_ray(job)
+    cache = build_latent_cache(job, run)
+    publish_debug_dataset(job, cache, outputs.outputs_uri(job, run, outputs.DEBUG_NAME))
+    validation_file = prepare_validation(job, run)
+    fs, storage_root = resolve_filesystem(job.storage.storage_path, job.storage)
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "job": job,
+            "run_name": run,
+            "checkpoint_path": job.model.checkpoint,
+            "wandb_dir": outputs.local_wandb_dir(run),
+            "lora_metadata": outputs.lora_metadata(job),
+            "validation_file": validation_file,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=job.cluster.num_workers,
+            use_gpu=job.cluster.use_gpu,
+            resources_per_worker=dict(job.cluster.resources_per_worker),
+        ),
+        run_config=RunConfig(
+            name=run,
+            storage_path=storage_root,
+            storage_filesystem=fs,
+            checkpoint_config=CheckpointConfig(num_to_keep=job.train.num_checkpoints_to_keep),
+            failure_config=FailureConfig(max_failures=job.cluster.max_failures),
+        ),
+        datasets={"train": cache.dataset()},
+        # Every worker reads the whole latent set and draws its own deterministic batches
+        # (ltx_ray.train.batches), so a resumed run sees exactly the data it would have.
+        dataset_config=DataConfig(datasets_to_split=[]),
+    )
+    started = time.perf_counter()
+    result = trainer.fit()
+    seconds = time.perf_counter() - started
+    if result.error is not None:
+        raise result.error
+    published = outputs.publish(job, run, result.checkpoint)
+    return TrainResult(
+        run_name=run,
+        steps=job.request.number_of_steps,
+        seconds=seconds,
+        checkpoint_uri=result.checkpoint.path,
+        outputs=published,
+    )
+
+
+def run_job(job: JobConfig) -> dict[str, Any]:
+    """The whole job; prints and returns the result JSON."""
+    result = run_training(job)
+    payload = {
+        "run_name": result.run_name,
+        **result.outputs,
+        "billable_units": max(100, job.request.number_of_steps),
+    }
+    print(
+        f"\nTrained {result.steps} steps in {result.seconds:.0f} s. "
+        f"LoRA: {payload['lora_file']}\nCheckpoints: {result.checkpoint_uri}"
+    )
+    print(json.dumps(payload, indent=2))
+    return payload

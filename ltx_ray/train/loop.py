@@ -1,0 +1,227 @@
+"""The training loop each Ray Train worker runs: plain PyTorch + DeepSpeed, three Ray calls.
+
+Read top to bottom, it is the story of a run: build the model with its LoRA,
+wrap it in a DeepSpeed engine, load the cached latents, resume if a
+checkpoint exists, then for every optimizer step: batch -> av2av loss ->
+backward -> step, with checkpoints and previews at their intervals.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import ray.train
+import torch
+import torch.distributed as dist
+
+from ltx_ray.config.schema import JobConfig
+from ltx_ray.model.loader import load_transformer
+from ltx_ray.model.lora import apply_lora
+from ltx_ray.model.objective import av2av_loss
+from ltx_ray.train import batches
+from ltx_ray.train.checkpoint import restore, save_and_report
+from ltx_ray.train.deepspeed_config import deepspeed_config, lr_lambda
+from ltx_ray.train.outputs import outputs_uri, upload_directory, upload_file
+from ltx_ray.train.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Train the IC-LoRA for exactly `number_of_steps` optimizer steps (Ray Train entry point)."""
+    job: JobConfig = config["job"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = torch.device("cuda", ctx.get_local_rank()) if job.cluster.use_gpu else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    # As many intra-op threads as the worker was given CPUs: more oversubscribes the node.
+    torch.set_num_threads(max(1, int(job.cluster.resources_per_worker.get("CPU", 1))))
+    dtype = torch.bfloat16 if job.cluster.precision == "bf16" else torch.float32
+
+    engine = _build_engine(job, config["checkpoint_path"], world, device, dtype)
+    samples = batches.load_samples(
+        ray.train.get_dataset_shard("train").iter_torch_batches(
+            batch_size=16, device="cpu", collate_fn=batches.UnpackLatents()
+        )
+    )
+    start = restore(engine)
+    total = job.request.number_of_steps
+    if rank == 0 and start:
+        print(f"ltx-ray: resuming from step {start} of {total} (checkpoint in storage)", flush=True)
+        if start >= total:
+            print("ltx-ray: this run is already complete; publishing its outputs again", flush=True)
+    c = job.cluster
+    tracker = Tracker(job, config["run_name"], Path(config["wandb_dir"]), enabled=rank == 0)
+    progress = _progress_bar(rank, start, total)
+    lora_metadata = config["lora_metadata"]
+    previewer = _previewer(job, config, rank, device, dtype)
+
+    for step in range(start, total):
+        started = time.perf_counter()
+        data_seconds = 0.0
+        totals = torch.zeros(3)
+        sigmas = torch.zeros(2)
+        tokens = 0
+        for micro in range(c.gradient_accumulation_steps):
+            t = time.perf_counter()
+            idx = batches.sample_indices(
+                len(samples), seed=job.seed, step=step, micro_step=micro, rank=rank, world_size=world,
+                micro_batch_size=c.micro_batch_size, accumulation_steps=c.gradient_accumulation_steps,
+            )
+            batch = batches.collate(samples, idx, device, dtype)
+            data_seconds += time.perf_counter() - t
+            generator = torch.Generator(device=device).manual_seed(_noise_seed(job.seed, step, micro, rank))
+            loss, m = av2av_loss(
+                engine, batch, generator,
+                reference_downscale_factor=job.request.reference_downscale_factor,
+                reference_temporal_scale_factor=job.request.reference_temporal_scale_factor,
+                frame_rate=float(job.request.frame_rate),
+            )
+            engine.backward(loss)
+            engine.step()
+            totals += torch.tensor([loss.item(), float(m["video_loss"]), float(m["audio_loss"])])
+            sigmas += torch.tensor([float(m["sigma_video"]), float(m["sigma_audio"])])
+            tokens += int(m["video_tokens"]) + int(m["audio_tokens"])
+
+        _maybe_fail(job, step + 1, start, rank)
+        metrics = _step_metrics(engine, totals, sigmas, tokens, c, world, started, data_seconds)
+        seconds = metrics["step_time"]
+        tracker.log(metrics, step=step + 1)
+        if progress is not None:
+            progress.set_postfix(loss=f"{metrics['loss']:.4f}", s_per_step=f"{seconds:.2f}")
+            progress.update(1)
+
+        done = step + 1
+        if previewer is not None and (done % job.train.validation_every == 0 or done == total):
+            _preview(previewer, engine, job, config["run_name"], done, final=done == total, tracker=tracker)
+        if done % job.train.checkpoint_every == 0 or done == total:
+            epoch = batches.epoch_of(done, len(samples), world, c.micro_batch_size, c.gradient_accumulation_steps)
+            save_and_report(
+                engine, job, step=done, rank=rank,
+                data_position={"epoch": epoch, "samples_seen": done * world * c.micro_batch_size
+                               * c.gradient_accumulation_steps},
+                metrics={"step": done, **metrics}, lora_metadata=lora_metadata,
+            )
+
+    if progress is not None:
+        progress.close()
+    wandb_run_dir = tracker.finish()
+    if wandb_run_dir is not None:
+        upload_directory(job, wandb_run_dir, outputs_uri(job, config["run_name"], "wandb"))
+
+
+def _previewer(job: JobConfig, config: dict[str, Any], rank: int, device: torch.device, dtype: torch.dtype):
+    """The validation previewer, on the ranks that take part in sampling (None without validation)."""
+    uri = config.get("validation_file")
+    if not uri or not (rank == 0 or job.cluster.zero_stage == 3):
+        return None if not uri else _Bystander()
+    from ltx_ray.data.fetch import fetch
+    from ltx_ray.sample.preview import Previewer
+
+    local = fetch(uri, Path(tempfile.mkdtemp(prefix="ltx-ray-val-")), storage=job.storage)
+    return Previewer(job, local, rank, device, dtype)
+
+
+class _Bystander:
+    """A rank that does not sample under ZeRO-2: it only waits for rank 0 at the barrier."""
+
+    def run(self, model, step, out_dir):
+        if dist.is_initialized():
+            dist.barrier()
+        return None
+
+
+def _preview(previewer, engine, job: JobConfig, run: str, done: int, *, final: bool, tracker: Tracker) -> None:
+    from ltx_ray.sample.preview import REEL_NAME, local_preview_dir
+
+    reel = previewer.run(engine.module, done, local_preview_dir(run))
+    if reel is None:
+        return
+    upload_file(job, reel, outputs_uri(job, run, reel.name))
+    if final:
+        upload_file(job, reel, outputs_uri(job, run, REEL_NAME))
+    tracker.log_video("validation/reel", reel, step=done, caption=f"step {done}: reference | generated")
+
+
+def _build_engine(job: JobConfig, checkpoint_path: str, world: int, device: torch.device, dtype: torch.dtype):
+    # Same seed on every rank, so the LoRA starts identical everywhere.
+    torch.manual_seed(job.seed)
+    transformer = load_transformer(checkpoint_path, dtype=dtype, device=device)
+    if job.cluster.gradient_checkpointing:
+        transformer.set_gradient_checkpointing(True)
+    model = apply_lora(
+        transformer,
+        job.request.rank,
+        targets=job.model.lora_targets,
+        include_feed_forward=job.model.lora_include_feed_forward,
+        include_cross_modal=job.model.lora_include_cross_modal,
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=trainable,
+        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(job)),
+        config=deepspeed_config(job, world),
+    )
+    return engine
+
+
+def _noise_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 1009 + micro * 101 + rank) % (2**63 - 1)
+
+
+def _step_metrics(engine, totals: torch.Tensor, sigmas: torch.Tensor, tokens: int, c, world: int,
+                  started: float, data_seconds: float) -> dict[str, float]:
+    """Losses averaged over micro-steps and ranks, plus speed and optimizer figures.
+
+    `step_time` runs from the step's start to after this all-reduce: everything but logging.
+    """
+    n = c.gradient_accumulation_steps
+    packed = torch.cat([totals / n, sigmas / n])
+    if dist.is_initialized():
+        dist.all_reduce(packed)
+        packed /= world
+    grad_norm = engine.get_global_grad_norm()
+    seconds = time.perf_counter() - started
+    samples = c.micro_batch_size * n * world
+    return {
+        "loss": float(packed[0]),
+        "video_loss": float(packed[1]),
+        "audio_loss": float(packed[2]),
+        "sigma_video": float(packed[3]),
+        "sigma_audio": float(packed[4]),
+        "learning_rate": float(engine.get_lr()[0]),
+        "grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
+        "step_time": seconds,
+        "data_time": data_seconds,
+        "samples_per_second": samples / seconds,
+        "tokens_per_second": tokens * world / seconds,
+    }
+
+
+def _maybe_fail(job: JobConfig, done: int, start: int, rank: int) -> None:
+    """Test hook `train.fail_at_step`: kill the last rank's process once, as a crashed node would.
+
+    It fires only in an attempt that started from scratch, so the restarted
+    attempt (which resumes from a checkpoint) runs through.
+    """
+    last_rank = dist.get_world_size() - 1 if dist.is_initialized() else 0
+    if job.train.fail_at_step and done == job.train.fail_at_step and start == 0 and rank == last_rank:
+        log.warning("train.fail_at_step=%d: killing worker rank %d", done, rank)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _progress_bar(rank: int, start: int, total: int):
+    if rank != 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc="train", unit="step", mininterval=2.0)

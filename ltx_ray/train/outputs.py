@@ -1,0 +1,120 @@
+"""The job's outputs in `<storage_path>/<run>/outputs/`: the LoRA, its config file, the W&B run.
+
+The four output names follow SPEC-endpoint.md: `lora_file`, `config_file`,
+`video` (the validation reel) and `debug_dataset`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from ltx_ray import __version__
+from ltx_ray.config.schema import JobConfig
+from ltx_ray.storage import is_local, join, local_path, resolve_filesystem
+
+LORA_NAME = "ic_lora_av2av.safetensors"
+CONFIG_NAME = "config.json"
+DEBUG_NAME = "debug_dataset.zip"
+TRAINING_TYPE = "av2av_ic_lora"
+
+
+def storage_uri(job: JobConfig, *parts: str) -> str:
+    """A URI under the storage path: `s3://b/p/run/outputs/x`, or an absolute local path."""
+    root = job.storage.storage_path
+    if is_local(root):
+        root = str(local_path(root).absolute())
+    return join(root, *parts)
+
+
+def outputs_uri(job: JobConfig, run: str, name: str = "") -> str:
+    """Where an output of this run lands."""
+    return storage_uri(job, run, "outputs", *([name] if name else []))
+
+
+def base_model_name(job: JobConfig) -> str:
+    """The base checkpoint's file name, recorded in the LoRA's metadata and config file."""
+    return Path(job.model.checkpoint.split("?", 1)[0]).name
+
+
+def lora_metadata(job: JobConfig) -> dict[str, str]:
+    """Metadata strings stored inside the LoRA safetensors file."""
+    r = job.request
+    return {
+        "training_type": TRAINING_TYPE,
+        "rank": str(r.rank),
+        "alpha": str(r.rank),
+        "trigger_phrase": r.trigger_phrase,
+        "reference_downscale_factor": str(r.reference_downscale_factor),
+        "reference_temporal_scale_factor": str(r.reference_temporal_scale_factor),
+        "base_model": base_model_name(job),
+        "ltx_ray_version": __version__,
+    }
+
+
+def config_file_content(job: JobConfig) -> dict[str, Any]:
+    """The `config_file` output: what a user needs to run the LoRA at inference."""
+    r = job.request
+    return {
+        "training_type": TRAINING_TYPE,
+        "trigger_phrase": r.trigger_phrase,
+        "rank": r.rank,
+        "alpha": r.rank,
+        "reference_downscale_factor": r.reference_downscale_factor,
+        "reference_temporal_scale_factor": r.reference_temporal_scale_factor,
+        "number_of_frames": r.number_of_frames,
+        "frame_rate": r.frame_rate,
+        "resolution": r.resolution,
+        "aspect_ratio": r.aspect_ratio,
+        "base_model": base_model_name(job),
+        "number_of_steps": r.number_of_steps,
+        "learning_rate": r.learning_rate,
+    }
+
+
+def local_wandb_dir(run: str) -> str:
+    """A node-local folder for the W&B run files of rank 0 (uploaded to outputs at the end)."""
+    return os.path.join(tempfile.gettempdir(), "ltx-ray-wandb", run)
+
+
+def upload_file(job: JobConfig, local: Path, uri: str) -> str:
+    """Copy a local file to a storage URI; returns the URI."""
+    fs, path = resolve_filesystem(uri, job.storage)
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    return uri
+
+
+def upload_directory(job: JobConfig, local: Path, uri: str) -> str:
+    """Copy a local folder tree to a storage URI; returns the URI."""
+    fs, path = resolve_filesystem(uri, job.storage)
+    fs.create_dir(path, recursive=True)
+    pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    return uri
+
+
+def publish(job: JobConfig, run: str, checkpoint) -> dict[str, Any]:
+    """Copy the final LoRA out of the last checkpoint and write the config file; returns output URIs."""
+    from ltx_ray.train.checkpoint import lora_file_of
+
+    result: dict[str, Any] = {"lora_file": None, "config_file": None, "video": None, "debug_dataset": None}
+    with lora_file_of(checkpoint) as lora:
+        result["lora_file"] = upload_file(job, lora, outputs_uri(job, run, LORA_NAME))
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / CONFIG_NAME
+        cfg.write_text(json.dumps(config_file_content(job), indent=2))
+        result["config_file"] = upload_file(job, cfg, outputs_uri(job, run, CONFIG_NAME))
+    from ltx_ray.sample.preview import REEL_NAME
+
+    for key, name in (("video", REEL_NAME), ("debug_dataset", DEBUG_NAME)):
+        uri = outputs_uri(job, run, name)
+        fs, path = resolve_filesystem(uri, job.storage)
+        if fs.get_file_info(path).type == pafs.FileType.File:
+            result[key] = uri
+    return result

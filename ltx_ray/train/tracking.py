@@ -1,0 +1,124 @@
+"""Weights & Biases on rank 0: one run per job, resumed by its id, never fatal to training."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+from ltx_ray.config.load import redact, to_plain
+from ltx_ray.config.schema import JobConfig
+
+log = logging.getLogger(__name__)
+
+
+def wandb_mode(job: JobConfig) -> str:
+    """online with an API key, offline without (the `auto` default), or as configured."""
+    mode = job.tracking.mode
+    if mode == "auto":
+        return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    return mode
+
+
+class Tracker:
+    """Logs metrics and media to W&B; a no-op on other ranks or when W&B fails."""
+
+    def __init__(self, job: JobConfig, run_name: str, directory: Path, enabled: bool):
+        self.run = None
+        self.directory = directory
+        if not enabled or wandb_mode(job) == "disabled":
+            return
+        try:
+            import wandb
+
+            directory.mkdir(parents=True, exist_ok=True)
+            self.run = wandb.init(
+                project=job.tracking.project,
+                entity=job.tracking.entity,
+                id=run_name,
+                name=run_name,
+                resume="allow",
+                mode=wandb_mode(job),
+                dir=str(directory),
+                config=redact(to_plain(job)),
+                settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+            )
+        except Exception as exc:  # W&B must never stop a training run
+            log.warning("W&B is unavailable, continuing without it: %s", exc)
+            self.run = None
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        """Log a dict of metrics at an optimizer step."""
+        if self.run is None:
+            return
+        try:
+            self.run.log(metrics, step=step)
+        except Exception as exc:
+            log.warning("W&B log failed at step %d: %s", step, exc)
+
+    def log_video(self, key: str, path: Path, step: int, caption: str = "") -> None:
+        """Log an mp4 (with its audio track) at an optimizer step."""
+        if self.run is None:
+            return
+        try:
+            import wandb
+
+            self.run.log({key: wandb.Video(str(path), caption=caption, format="mp4")}, step=step)
+        except Exception as exc:
+            log.warning("W&B video log failed at step %d: %s", step, exc)
+
+    def finish(self) -> Path | None:
+        """Close the run; returns the local run directory, if any."""
+        if self.run is None:
+            return None
+        run_dir = Path(self.run.dir).parent
+        try:
+            self.run.finish()
+        except Exception as exc:
+            log.warning("W&B finish failed: %s", exc)
+        return run_dir
+
+
+# The offline run file is a LevelDB-style log of protobuf records in 32 KiB blocks.
+_BLOCK = 32768
+_HEADER = 7  # per record: crc32 (4), length (2), type (1); the file starts with a 7-byte header too
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def _records(data: bytes):
+    pos, pending = _HEADER, b""
+    while pos + _HEADER <= len(data):
+        left_in_block = _BLOCK - pos % _BLOCK
+        if left_in_block < _HEADER:
+            pos += left_in_block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + _HEADER])
+        body = data[pos + _HEADER:pos + _HEADER + length]
+        pos += _HEADER + length
+        if kind == 0 and length == 0:
+            continue
+        if kind == _FULL:
+            yield body
+        elif kind == _FIRST:
+            pending = body
+        elif kind == _MIDDLE:
+            pending += body
+        elif kind == _LAST:
+            yield pending + body
+            pending = b""
+
+
+def read_offline_history(run_file: Path) -> list[dict]:
+    """The logged history rows of an offline W&B run (`run-<id>.wandb`), oldest first, without syncing it."""
+    from wandb.proto import wandb_internal_pb2
+
+    rows = []
+    for raw in _records(Path(run_file).read_bytes()):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "history":
+            rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item})
+    return rows

@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""Benchmark the training loop: Ray Train + DeepSpeed against a bare PyTorch loop, side by side.
+
+    python scripts/bench_train.py [--steps 100]
+
+Both loops train the tiny model's LoRA on the same cached latents, with the
+same objective (`av2av_loss`), micro-batch 1, one CPU thread:
+- the full job's loop: one Ray Train worker running DeepSpeed ZeRO-2
+  (step times read from its offline W&B run, where the loop logs every step);
+- a bare single-process loop: PEFT model + torch AdamW + grad clipping.
+Medians skip the first 10 steps (warm-up). Last line:
+`overhead_vs_bare=<ratio> data_stall_share=<fraction>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import ray  # noqa: E402
+import torch  # noqa: E402
+
+from ltx_ray.config import load_config  # noqa: E402
+from ltx_ray.data.pipeline import build_latent_cache  # noqa: E402
+from ltx_ray.data.synthetic import write_sample_dataset  # noqa: E402
+from ltx_ray.model.loader import load_transformer  # noqa: E402
+from ltx_ray.model.lora import apply_lora  # noqa: E402
+from ltx_ray.model.objective import av2av_loss  # noqa: E402
+from ltx_ray.model.tiny import write_tiny_bundle  # noqa: E402
+from ltx_ray.train import batches  # noqa: E402
+from ltx_ray.train.driver import run_training  # noqa: E402
+from ltx_ray.train.outputs import outputs_uri  # noqa: E402
+from ltx_ray.train.tracking import read_offline_history  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+WARMUP = 10
+
+
+def bare_loop(job, samples, steps: int) -> list[float]:
+    """Step times of a plain single-process PyTorch loop over the same data and objective."""
+    torch.set_num_threads(1)
+    torch.manual_seed(job.seed)
+    model = apply_lora(load_transformer(job.model.checkpoint), job.request.rank, targets=job.model.lora_targets)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=job.request.learning_rate)
+    times = []
+    for step in range(steps):
+        started = time.perf_counter()
+        idx = batches.sample_indices(len(samples), seed=job.seed, step=step, micro_step=0, rank=0, world_size=1,
+                                     micro_batch_size=1, accumulation_steps=1)
+        batch = batches.collate(samples, idx, torch.device("cpu"), torch.float32)
+        generator = torch.Generator().manual_seed(step)
+        loss, _ = av2av_loss(model, batch, generator, frame_rate=float(job.request.frame_rate))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, job.train.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    checkpoint, gemma = write_tiny_bundle(tmp / "bundle")
+    data = write_sample_dataset(tmp / "data", 4, fps=16, seconds=2.0, width=160, height=90)
+    job, _ = load_config(
+        ROOT / "conf" / "demo.yaml",
+        [
+            f"request.training_data_url={data.archive}", f"model.checkpoint={checkpoint}",
+            f"model.text_encoder={gemma}", f"storage.storage_path={tmp / 'runs'}", "storage.run_name=bench",
+            "request.validation=[]", f"request.number_of_steps={args.steps}", "cluster.num_workers=1",
+            "cluster.resources_per_worker={CPU: 1}", "cluster.gradient_checkpointing=false",
+            f"train.checkpoint_every={args.steps}",
+        ],
+    )
+    ray.init(num_cpus=2, logging_level="ERROR")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    run_training(job)
+    history = [r for r in read_offline_history(Path(outputs_uri(job, "bench", "wandb")) / "run-bench.wandb")
+               if "step_time" in r]
+    ray_steps = [r["step_time"] for r in history][WARMUP:]
+    stall = [r["data_time"] / r["step_time"] for r in history][WARMUP:]
+
+    cache = build_latent_cache(job, "bench")
+    samples = batches.load_samples(cache.dataset().iter_torch_batches(batch_size=16, collate_fn=batches.UnpackLatents()))
+    ray.shutdown()
+    bare = bare_loop(job, samples, args.steps)[WARMUP:]
+
+    ray_median, bare_median = statistics.median(ray_steps), statistics.median(bare)
+    print(f"median step: Ray Train + DeepSpeed {ray_median * 1000:.1f} ms, bare PyTorch {bare_median * 1000:.1f} ms")
+    print(f"overhead_vs_bare={ray_median / bare_median:.2f} data_stall_share={statistics.median(stall):.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""Fixtures of the distributed stages: one two-node Ray cluster per session, and a real S3 endpoint.
+
+The cluster is a head and a worker started as separate Ray nodes on this
+machine (`ray.cluster_utils.Cluster`). Each node offers one `trainer_slot`,
+so a test can pin one training worker per node.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A running two-node Ray cluster; yields its address (ray.init is done).
+
+    Its workers inherit LTX_RAY_DECODE_LOG, so tests can count real decodes.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    os.environ["LTX_RAY_DECODE_LOG"] = str(tmp_path_factory.mktemp("decodes") / "decodes.log")
+    # Ray workers inherit the environment of the nodes, which start now: give them the
+    # moto server's (fake) credentials, as a cluster's nodes get theirs from instance roles.
+    _set_fake_aws_credentials()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "resources": {"trainer_slot": 1}, "include_dashboard": False},
+    )
+    cluster.add_node(num_cpus=2, resources={"trainer_slot": 1})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="WARNING")
+    os.environ["RAY_ADDRESS"] = cluster.address
+    try:
+        yield cluster.address
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        os.environ.pop("RAY_ADDRESS", None)
+
+
+def _set_fake_aws_credentials() -> None:
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        os.environ.setdefault(key, value)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on 127.0.0.1 with credentials in the environment; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    _set_fake_aws_credentials()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh bucket on the moto server; yields its name."""
+    import boto3
+
+    name = ("ltx-ray-" + re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()))[:50].strip("-")
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=name)
+    return name

@@ -1,0 +1,34 @@
+"""Job configs for the tests of the distributed stages: the demo preset on the session's tiny inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ltx_ray.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_job(tiny_bundle, sample_dataset, storage_path: str, run_name: str, *overrides: str, validation: bool = False):
+    """conf/demo.yaml pointed at the session's tiny bundle and sample archive, in `storage_path`."""
+    items = [
+        f"request.training_data_url={sample_dataset.archive}",
+        f"model.checkpoint={tiny_bundle.checkpoint}",
+        f"model.text_encoder={tiny_bundle.gemma_dir}",
+        f"storage.storage_path={storage_path}",
+        f"storage.run_name={run_name}",
+        "cluster.resources_per_worker={CPU: 0.5}",
+        "cluster.decode_workers=2",
+        "tracking.mode=offline",
+    ]
+    if validation:
+        items.append(f"request.validation=[{{prompt: 'av_st9le a moving square', reference_video_url: '{sample_dataset.validation_ref}'}}]")
+    else:
+        items.append("request.validation=[]")
+    job, _ = load_config(ROOT / "conf" / "demo.yaml", [*items, *overrides])
+    return job
+
+
+def s3_overrides(endpoint: str) -> list[str]:
+    """Overrides that point storage at a moto S3 endpoint."""
+    return [f"storage.endpoint_override={endpoint}", "storage.region=us-east-1"]

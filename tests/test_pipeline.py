@@ -1,0 +1,151 @@
+"""Ray Data preprocessing into the latent cache, on the session's two-node Ray cluster."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import boto3
+import pytest
+
+from jobs import ROOT, s3_overrides, tiny_job
+from ltx_ray.data import pipeline
+from ltx_ray.data.pipeline import COMPLETE_MARKER, REPORT_FILE, build_latent_cache, find_cache
+from ltx_ray.train.batches import UnpackLatents, load_samples
+
+
+@pytest.fixture
+def decode_log(ray_cluster):
+    """The file the decode stage appends each decoded pair to (set in the workers' environment)."""
+    path = Path(os.environ["LTX_RAY_DECODE_LOG"])
+    path.write_text("")
+    return path
+
+
+def _decodes(path: Path) -> int:
+    return len([line for line in path.read_text().splitlines() if line])
+
+
+def test_preprocess_builds_a_complete_cache_in_a_local_folder(tmp_path, tiny_bundle, sample_dataset, decode_log):
+    job = tiny_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-local")
+    cache = build_latent_cache(job)
+    root = Path(cache.uri)
+    assert not cache.hit
+    assert (root / COMPLETE_MARKER).is_file() and (root / REPORT_FILE).is_file()
+    assert cache.report["pairs_in"] == cache.report["pairs_out"] == 3
+    assert _decodes(decode_log) == 3
+    samples = load_samples(cache.dataset().iter_torch_batches(batch_size=8, collate_fn=UnpackLatents()))
+    assert [s["index"] for s in samples] == [0, 1, 2]
+    # 9 frames at 512x288 -> 2 latent frames of 9x16; the reference is the same size (factor 1).
+    assert samples[0]["video"].shape[1:] == (2, 9, 16)
+    assert samples[0]["ref_video"].shape == samples[0]["video"].shape
+
+
+def test_second_run_hits_the_cache_without_decoding(tmp_path, tiny_bundle, sample_dataset, decode_log):
+    job = tiny_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-hit")
+    first = build_latent_cache(job)
+    decoded = _decodes(decode_log)
+    second = build_latent_cache(job)
+    assert second.hit and second.uri == first.uri
+    assert _decodes(decode_log) == decoded == 3
+
+
+def test_changed_parameter_misses_the_cache(tmp_path, tiny_bundle, sample_dataset, decode_log):
+    runs = str(tmp_path / "runs")
+    first = build_latent_cache(tiny_job(tiny_bundle, sample_dataset, runs, "prep-miss"))
+    changed = build_latent_cache(tiny_job(tiny_bundle, sample_dataset, runs, "prep-miss", "request.audio_normalize=false"))
+    assert not changed.hit and changed.key != first.key
+    assert _decodes(decode_log) == 6
+
+
+def test_interrupted_write_leaves_no_complete_looking_cache(tmp_path, tiny_bundle, sample_dataset, decode_log,
+                                                           monkeypatch):
+    job = tiny_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-crash")
+    real_write = pipeline._write_json
+
+    def crash_before_marker(fs, path, data):
+        if path.endswith(COMPLETE_MARKER):
+            raise KeyboardInterrupt("driver stopped after the shards, before the marker")
+        real_write(fs, path, data)
+
+    monkeypatch.setattr(pipeline, "_write_json", crash_before_marker)
+    with pytest.raises(KeyboardInterrupt):
+        build_latent_cache(job)
+    monkeypatch.setattr(pipeline, "_write_json", real_write)
+    partial = next((tmp_path / "runs" / "prep-crash" / "latents").iterdir())
+    assert (partial / "shards").is_dir() and not (partial / COMPLETE_MARKER).exists()
+
+    assert find_cache(job, "prep-crash", partial.name) is None
+    assert not partial.exists()  # the incomplete cache was removed
+    rebuilt = build_latent_cache(job)
+    assert not rebuilt.hit and (Path(rebuilt.uri) / COMPLETE_MARKER).is_file()
+    assert _decodes(decode_log) == 6
+
+
+def test_pair_that_fails_in_the_pipeline_is_reported_by_name(tmp_path, tiny_bundle, sample_dataset, decode_log):
+    # An archive whose extra, unpaired "broken.mp4" is not a video: pairing ignores it,
+    # then one pair is pointed at it, as if its clip were found corrupt while decoding.
+    archive = tmp_path / "with_broken.zip"
+    with zipfile.ZipFile(sample_dataset.archive) as src, zipfile.ZipFile(archive, "w") as dst:
+        for item in src.infolist():
+            dst.writestr(item, src.read(item))
+        dst.writestr("broken.mp4", b"\x00\x00\x00\x18ftypmp42" + os.urandom(4096))
+    job = tiny_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-corrupt",
+                   f"request.training_data_url={archive}")
+    rows, report = pipeline._plan(job, archive, tmp_path / "work")
+    for row in rows:
+        row["archive_uri"] = str(archive)
+    broken = rows[1]["name"]
+    rows[1]["end_member"] = "broken.mp4"
+
+    cache = pipeline._run_pipeline(job, "prep-corrupt", "k", rows, report)
+    assert cache.report["pairs_out"] == 2
+    assert [f["name"] for f in cache.report["failed"]] == [broken]
+    assert "Error" in cache.report["failed"][0]["reason"]
+    assert cache.dataset().count() == 2
+
+
+def test_preprocess_into_an_s3_bucket(tmp_path, tiny_bundle, sample_dataset, decode_log, s3_server, s3_bucket):
+    job = tiny_job(tiny_bundle, sample_dataset, f"s3://{s3_bucket}/runs", "prep-s3", *s3_overrides(s3_server))
+    cache = build_latent_cache(job)
+    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_server).list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    assert f"runs/prep-s3/latents/{cache.key}/{COMPLETE_MARKER}" in keys
+    assert any(k.startswith(f"runs/prep-s3/latents/{cache.key}/shards/") and k.endswith(".parquet") for k in keys)
+    # The local archive was staged in the bucket for the decode workers of every node.
+    assert f"runs/prep-s3/inputs/{cache.key}.zip" in keys
+    assert cache.dataset().count() == 3
+    again = build_latent_cache(job)
+    assert again.hit and _decodes(decode_log) == 3
+
+
+def test_preprocess_command_warms_the_cache(tmp_path, tiny_bundle, sample_dataset, ray_cluster):
+    runs = tmp_path / "runs"
+    job = tiny_job(tiny_bundle, sample_dataset, str(runs), "prep-cli")
+    overrides = [
+        f"request.training_data_url={job.request.training_data_url}",
+        f"model.checkpoint={job.model.checkpoint}",
+        f"model.text_encoder={job.model.text_encoder}",
+        f"storage.storage_path={runs}",
+        "storage.run_name=prep-cli",
+        "request.validation=[]",
+    ]
+    res = subprocess.run(
+        [sys.executable, "-m", "ltx_ray", "preprocess", str(ROOT / "conf" / "demo.yaml"), *overrides],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ray_cluster}, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "latent cache built" in res.stdout
+    assert len(list((runs / "prep-cli" / "latents").glob(f"*/{COMPLETE_MARKER}"))) == 1
+
+
+def test_debug_dataset_collects_every_preprocessed_pair(tmp_path, tiny_bundle, sample_dataset, decode_log):
+    job = tiny_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-debug", "request.debug_dataset=true")
+    cache = build_latent_cache(job)
+    out = pipeline.publish_debug_dataset(job, cache, str(tmp_path / "debug_dataset.zip"))
+    with zipfile.ZipFile(out) as zf:
+        names = sorted(zf.namelist())
+    pairs = sorted(p["name"] for p in pipeline._plan(job, sample_dataset.archive, tmp_path / "w")[0])
+    assert names == sorted(f"{p}{suffix}" for p in pairs for suffix in ("_start.mp4", "_end.mp4", ".txt"))

@@ -1,0 +1,176 @@
+"""Ray Train + DeepSpeed training on the session's two-node Ray cluster (2 CPU workers, gloo, tiny bundle).
+
+The runs are few and shared between tests (each `fit` costs ~30 s of worker
+start-up): `reference_run` is an uninterrupted ZeRO-2 run with a validation
+sample; the other runs are compared with it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import boto3
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from jobs import ROOT, s3_overrides, tiny_job
+from ltx_ray.model.lora import read_lora_metadata
+from ltx_ray.train.driver import run_job
+from ltx_ray.train.outputs import LORA_NAME
+from ltx_ray.train.tracking import read_offline_history as history
+
+STEPS = 100  # the spec's minimum number_of_steps
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, tiny_bundle, sample_dataset, ray_cluster):
+    """An uninterrupted ZeRO-2 run in a local folder: (job, result JSON, storage root)."""
+    runs = tmp_path_factory.mktemp("runs")
+    job = tiny_job(tiny_bundle, sample_dataset, str(runs), "reference", "train.checkpoint_every=25",
+                   validation=True)
+    return job, run_job(job), runs
+
+
+def _lora_params(path: str) -> int:
+    with safe_open(path, "pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+
+
+def _transformer_params(checkpoint: Path) -> int:
+    with safe_open(str(checkpoint), "pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if k.startswith("model.diffusion_model."))
+
+
+def test_zero2_run_writes_the_lora_and_config_to_local_storage(reference_run):
+    job, result, runs = reference_run
+    assert result["lora_file"] == str(runs / "reference" / "outputs" / LORA_NAME)
+    meta = read_lora_metadata(result["lora_file"])
+    assert meta["training_type"] == "av2av_ic_lora" and meta["rank"] == "8" and meta["trigger_phrase"] == "av_st9le"
+    config = json.loads(Path(result["config_file"]).read_text())
+    assert config["number_of_steps"] == STEPS and config["training_type"] == "av2av_ic_lora"
+    assert result["billable_units"] == max(100, STEPS)
+
+
+def test_checkpoints_are_pruned_and_hold_no_frozen_base_weights(reference_run, tiny_bundle):
+    job, result, runs = reference_run
+    checkpoints = sorted(p for p in (runs / "reference").glob("checkpoint_*") if p.is_dir())
+    assert len(checkpoints) == job.train.num_checkpoints_to_keep  # 4 were written, 2 kept
+    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    assert state["step"] == STEPS
+    deepspeed_bytes = sum(p.stat().st_size for p in (checkpoints[-1] / "deepspeed").iterdir())
+    lora = _lora_params(result["lora_file"])
+    # fp32 LoRA weights + fp32 master copy + two Adam moments = 16 bytes per LoRA parameter,
+    # plus pickling overhead; the frozen base alone would add 4 bytes per transformer parameter.
+    assert deepspeed_bytes < 16 * lora + 256 * 1024
+    assert deepspeed_bytes < 4 * _transformer_params(tiny_bundle.checkpoint)
+
+
+def test_wandb_offline_run_holds_metrics_for_every_step(reference_run):
+    _, _, runs = reference_run
+    rows = history(runs / "reference" / "outputs" / "wandb" / "run-reference.wandb")
+    steps = sorted({r["_step"] for r in rows if "loss" in r})
+    assert steps == list(range(1, STEPS + 1))
+    for key in ("video_loss", "audio_loss", "sigma_video", "learning_rate", "grad_norm", "tokens_per_second"):
+        assert key in rows[-1]
+
+
+def test_reel_has_video_and_audio_of_matching_duration(reference_run):
+    _, result, _ = reference_run
+    with av.open(result["video"]) as container:
+        video = container.streams.video[0]
+        audio = container.streams.audio[0]
+        assert video.codec_context.name == "h264" and audio.codec_context.name == "aac"
+        v_seconds = float(video.duration * video.time_base)
+        a_seconds = float(audio.duration * audio.time_base)
+        frame = 1 / float(video.average_rate)
+        # side by side: reference | generated
+        assert video.codec_context.width == 2 * 512
+    assert abs(v_seconds - a_seconds) <= frame
+
+
+def test_zero3_run_to_an_s3_bucket(tmp_path, tiny_bundle, sample_dataset, s3_server, s3_bucket, reference_run):
+    job = tiny_job(tiny_bundle, sample_dataset, f"s3://{s3_bucket}/runs", "zero3", "cluster.zero_stage=3",
+                   *s3_overrides(s3_server))
+    result = run_job(job)
+    assert result["lora_file"] == f"s3://{s3_bucket}/runs/zero3/outputs/{LORA_NAME}"
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    assert f"runs/zero3/outputs/{LORA_NAME}" in keys and "runs/zero3/outputs/config.json" in keys
+    assert any(k.startswith("runs/zero3/checkpoint_") and k.endswith("lora.safetensors") for k in keys)
+    local = tmp_path / "lora.safetensors"
+    s3.download_file(s3_bucket, f"runs/zero3/outputs/{LORA_NAME}", str(local))
+    # Gathered from the ZeRO-3 shards: the same keys and shapes as the ZeRO-2 LoRA.
+    reference = load_file(reference_run[1]["lora_file"])
+    gathered = load_file(str(local))
+    assert {k: v.shape for k, v in gathered.items()} == {k: v.shape for k, v in reference.items()}
+
+
+def test_two_node_run_survives_a_killed_worker_and_matches_the_uninterrupted_run(
+    tiny_bundle, sample_dataset, s3_server, s3_bucket, reference_run
+):
+    # One training worker per node (each node offers one trainer_slot); storage is the
+    # S3 bucket, the only thing the two nodes share. Rank 1 is SIGKILLed at step 60;
+    # Ray restarts the workers, which resume from the step-50 checkpoint.
+    job = tiny_job(
+        tiny_bundle, sample_dataset, f"s3://{s3_bucket}/runs", "two-node",
+        "train.checkpoint_every=25", "train.fail_at_step=60",
+        "cluster.resources_per_worker={CPU: 0.5, trainer_slot: 1}",
+        *s3_overrides(s3_server),
+    )
+    result = run_job(job)
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    body = s3.get_object(Bucket=s3_bucket, Key=f"runs/two-node/outputs/{LORA_NAME}")["Body"].read()
+    from safetensors.torch import load
+
+    resumed = load(body)
+    uninterrupted = load_file(reference_run[1]["lora_file"])
+    assert resumed.keys() == uninterrupted.keys()
+    # Bit for bit: same seed, data order and noise per step, and exact optimizer state on resume.
+    for key in uninterrupted:
+        assert torch.equal(resumed[key], uninterrupted[key]), key
+    assert result["billable_units"] == STEPS
+
+
+def test_rerunning_the_command_after_the_driver_died_resumes_from_storage(tmp_path, tiny_bundle, sample_dataset,
+                                                                          ray_cluster):
+    runs = tmp_path / "runs"
+    job = tiny_job(tiny_bundle, sample_dataset, str(runs), "driver-restart")
+    args = [
+        sys.executable, "-m", "ltx_ray", "train", str(ROOT / "conf" / "demo.yaml"),
+        f"request.training_data_url={job.request.training_data_url}",
+        f"model.checkpoint={job.model.checkpoint}", f"model.text_encoder={job.model.text_encoder}",
+        f"storage.storage_path={runs}", "storage.run_name=driver-restart", "request.validation=[]",
+        "cluster.resources_per_worker={CPU: 0.5}", "train.checkpoint_every=20",
+    ]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster}
+    first = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    snapshot = runs / "driver-restart" / "checkpoint_manager_snapshot.json"
+    deadline = time.time() + 400
+    while not (snapshot.exists() and "checkpoint_" in snapshot.read_text()):
+        assert first.poll() is None, "the first driver ended before registering a checkpoint"
+        assert time.time() < deadline, "no checkpoint within the time limit"
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    # What the re-run sees: the latest checkpoint the snapshot in storage registered.
+    latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]["checkpoint_dir_name"]
+    saved = json.loads((runs / "driver-restart" / latest / "trainer_state.json").read_text())["step"]
+    assert 0 < saved < STEPS
+
+    second = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resuming from step {saved}" in second.stdout + second.stderr
+    final = json.loads((max((runs / "driver-restart").glob("checkpoint_*/"),
+                            key=lambda p: p.name) / "trainer_state.json").read_text())
+    assert final["step"] == STEPS
