@@ -15,13 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
 from ltx_core.model.transformer.modality import Modality
 
 from ltx_ray.model.tokens import (
     audio_positions,
     patchify_audio,
     patchify_video,
+    reference_conditioned_modality,
     reference_video_positions,
     sample_sigmas,
     video_positions,
@@ -152,19 +152,12 @@ def _modality_inputs(
     s = sigma.view(b, 1, 1)
     x0 = target.float()
     noised = ((1 - s) * x0 + s * noise).to(target.dtype)
-    timesteps = torch.cat([torch.zeros(b, n_ref, device=target.device), sigma[:, None].expand(b, n_target)], dim=1)
     loss_mask = torch.cat(
         [torch.zeros(b, n_ref, dtype=torch.bool, device=target.device),
          torch.ones(b, n_target, dtype=torch.bool, device=target.device)],
         dim=1,
     )
-    modality = Modality(
-        latent=torch.cat([reference.to(target.dtype), noised], dim=1),
-        sigma=sigma.to(target.dtype),
-        timesteps=timesteps.to(target.dtype),
-        positions=torch.cat([reference_positions, target_positions], dim=2),
-        context=context.to(target.dtype),
-        enabled=True,
-        context_mask=context_mask,
+    modality = reference_conditioned_modality(
+        reference, noised, torch.cat([reference_positions, target_positions], dim=2), sigma, context, context_mask
     )
     return ModalityInputs(modality, noise - x0, loss_mask, sigma, n_ref)

@@ -15,6 +15,7 @@ import math
 import torch
 
 from ltx_core.components.patchifiers import AudioPatchifier, VideoLatentPatchifier, get_pixel_coords
+from ltx_core.model.transformer.modality import Modality
 from ltx_core.types import VIDEO_SCALE_FACTORS, AudioLatentShape, VideoLatentShape
 
 AUDIO_SAMPLE_RATE = 16000
@@ -95,6 +96,35 @@ def reference_video_positions(
 def audio_positions(batch: int, frames: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Positions `[B, 1, T, 2]` of T audio latent frames: time bounds in seconds (25 frames per second)."""
     return _AUDIO_PATCHIFIER.get_patch_grid_bounds(AudioLatentShape(batch, 1, frames, 1), device=device)
+
+
+def reference_conditioned_modality(
+    reference: torch.Tensor,
+    target: torch.Tensor,
+    positions: torch.Tensor,
+    sigma: torch.Tensor,
+    context: torch.Tensor,
+    context_mask: torch.Tensor,
+) -> Modality:
+    """One modality's transformer input: [clean reference tokens, target tokens at noise level σ].
+
+    `reference` `[B, T_ref, C]`, `target` `[B, T, C]` (already noised), `positions` for
+    both, `sigma` `[B]`. Reference tokens get timestep 0, target tokens σ. Training
+    and the validation sampler both build their inputs here, so they cannot drift apart.
+    """
+    b, n_ref = reference.shape[:2]
+    n_target = target.shape[1]
+    dtype, device = target.dtype, target.device
+    timesteps = torch.cat([torch.zeros(b, n_ref, device=device), sigma[:, None].expand(b, n_target)], dim=1)
+    return Modality(
+        latent=torch.cat([reference.to(dtype), target], dim=1),
+        sigma=sigma.to(dtype),
+        timesteps=timesteps.to(dtype),
+        positions=positions,
+        context=context.to(device, dtype),
+        enabled=True,
+        context_mask=context_mask.to(device),
+    )
 
 
 # --- noise levels --------------------------------------------------------------------------------

@@ -24,12 +24,12 @@ from ltx_core.guidance.perturbations import (
     PerturbationConfig,
     PerturbationType,
 )
-from ltx_core.model.transformer.modality import Modality
 
 from ltx_ray.model.tokens import (
     audio_positions,
     patchify_audio,
     patchify_video,
+    reference_conditioned_modality,
     reference_video_positions,
     unpatchify_audio,
     unpatchify_video,
@@ -113,8 +113,9 @@ def sample_av2av(
     skip = _stg_perturbation(stg_blocks)
 
     def velocity(context_v, context_a, mask, perturbations, sigma):
-        v_mod = _modality(ref_v, x_v, v_pos, sigma, context_v, mask, dtype)
-        a_mod = _modality(ref_a, x_a, a_pos, sigma, context_a, mask, dtype)
+        sig = sigma.reshape(1)
+        v_mod = reference_conditioned_modality(ref_v, x_v.to(dtype), v_pos, sig, context_v, mask)
+        a_mod = reference_conditioned_modality(ref_a, x_a.to(dtype), a_pos, sig, context_a, mask)
         v, a = model(video=v_mod, audio=a_mod, perturbations=perturbations)
         return v[:, ref_v.shape[1]:].float(), a[:, ref_a.shape[1]:].float()
 
@@ -138,23 +139,6 @@ def sample_av2av(
     video = unpatchify_video(x_v, shape.frames, shape.height, shape.width)
     audio = unpatchify_audio(x_a, shape.audio_channels, shape.mel_bins)
     return video, audio
-
-
-def _modality(reference, target, positions, sigma, context, mask, dtype) -> Modality:
-    n_ref, n_tgt = reference.shape[1], target.shape[1]
-    sig = sigma.reshape(1).to(dtype)
-    timesteps = torch.cat(
-        [torch.zeros(1, n_ref, device=target.device), sigma.reshape(1, 1).expand(1, n_tgt)], dim=1
-    )
-    return Modality(
-        latent=torch.cat([reference, target.to(dtype)], dim=1),
-        sigma=sig,
-        timesteps=timesteps.to(dtype),
-        positions=positions,
-        context=context.to(target.device, dtype),
-        enabled=True,
-        context_mask=mask.to(target.device),
-    )
 
 
 def _stg_perturbation(blocks: list[int] | None) -> BatchedPerturbationConfig:
