@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -27,21 +33,51 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def ray_head(tmp_path):
-    """`ray start --head` on 127.0.0.1 with free ports; yields the dashboard (job API) address."""
+def ray_head():
+    """`ray start --head` on 127.0.0.1 with free ports; yields the dashboard (job API) address.
+
+    The head runs in the foreground (`--block`) in its own process group, so that stopping it
+    cannot touch the session's test cluster (`ray stop` would stop every Ray on the machine).
+    """
     gcs, dashboard = _free_port(), _free_port()
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_ADDRESS": ""}
-    env.pop("RAY_ADDRESS")
-    start = [
-        str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=4",
-        f"--temp-dir={tmp_path / 'ray'}", "--disable-usage-stats",
-    ]
-    subprocess.run(start, check=True, env=env, capture_output=True, timeout=180)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PATH"] = f"{VENV_BIN}:{env['PATH']}"
+    # Ray's token authentication, as an operator sets it up: the head and the CLI share a token.
+    env["RAY_AUTH_MODE"] = "token"
+    env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    # A short temp dir: Ray's Unix sockets live under it, and socket paths are limited to 107 bytes.
+    temp_dir = tempfile.mkdtemp(prefix="rh-", dir="/tmp")
+    head = subprocess.Popen(
+        [
+            str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=4",
+            f"--temp-dir={temp_dir}", "--disable-usage-stats",
+        ],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
     try:
-        yield f"http://127.0.0.1:{dashboard}", env
+        deadline = time.time() + 180
+        while True:
+            assert head.poll() is None, "ray start --head exited"
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=5)
+                break
+            except urllib.error.HTTPError:
+                break  # it answers (Ray's token auth refuses anonymous requests): it is up
+            except OSError:
+                assert time.time() < deadline, "the Ray head's job API did not come up"
+                time.sleep(1)
+        yield address, env
     finally:
-        subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        # Processes the head started outside its group (workers, job supervisors) know its temp dir.
+        subprocess.run(["pkill", "-9", "-f", temp_dir], capture_output=True)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_demo_job_submitted_with_ray_job_submit_succeeds_and_writes_outputs(ray_head, tmp_path, tiny_bundle,
@@ -59,25 +95,32 @@ def test_demo_job_submitted_with_ray_job_submit_succeeds_and_writes_outputs(ray_
         "cluster.resources_per_worker={CPU: 1}",
     ]
     env = {**env, "RAY": str(VENV_BIN / "ray"), "PYTHON": sys.executable}
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    for _ in range(30):
+        res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        # A head that has just started may not have registered its node's job agent yet.
+        if "No available agent" not in res.stdout + res.stderr:
+            break
+        time.sleep(3)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
 
     deadline, status = time.time() + 900, ""
     while time.time() < deadline:
-        status = subprocess.run(
+        done = subprocess.run(
             [str(VENV_BIN / "ray"), "job", "status", "--address", address, submission],
             env=env, capture_output=True, text=True, timeout=60,
-        ).stdout
-        if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+        )
+        status = (done.stdout + done.stderr).lower()  # e.g. "Job 'x' succeeded", logged to stderr
+        if any(s in status for s in ("succeeded", "failed", "was stopped")):
             break
         time.sleep(3)
-    logs = subprocess.run([str(VENV_BIN / "ray"), "job", "logs", "--address", address, submission],
-                          env=env, capture_output=True, text=True, timeout=60).stdout
-    assert "SUCCEEDED" in status, status + logs[-4000:]
+    done = subprocess.run([str(VENV_BIN / "ray"), "job", "logs", "--address", address, submission],
+                          env=env, capture_output=True, text=True, timeout=60)
+    logs = done.stdout + done.stderr
+    assert "succeeded" in status, status + logs[-4000:]
 
     outputs = runs / "submitted" / "outputs"
     for name in ("ic_lora_av2av.safetensors", "config.json", "validation_reel.mp4"):
         assert (outputs / name).is_file(), name
-    result = json.loads(logs[logs.index("{\n"):logs.rindex("}") + 1])
+    result, _ = json.JSONDecoder().raw_decode(logs, logs.index('{\n  "run_name"'))
     assert result["lora_file"] == str(outputs / "ic_lora_av2av.safetensors")
     assert result["billable_units"] == 100
