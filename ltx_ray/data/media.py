@@ -260,11 +260,24 @@ def decode_video(
     return out
 
 
+# FFmpeg decoder threads per clip; 0 lets FFmpeg use every core. Ray decode tasks set it
+# to the CPUs they were given, so parallel tasks do not oversubscribe a node.
+_DECODE_THREADS = 0
+
+
+def set_decode_threads(threads: int) -> None:
+    """Limit the video decoder to `threads` threads (0: as many as FFmpeg likes)."""
+    global _DECODE_THREADS
+    _DECODE_THREADS = max(0, int(threads))
+
+
 def _timed_frames(path: Path) -> Iterator[tuple[float, av.VideoFrame, float]]:
     """Decoded frames of the first video stream: (seconds from the first frame, frame, sample aspect ratio)."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        if _DECODE_THREADS:
+            stream.thread_count = _DECODE_THREADS
         rate = float(stream.average_rate or stream.guessed_rate or 25)
         sar = float(stream.sample_aspect_ratio or 1) or 1.0
         t0 = None

@@ -210,7 +210,11 @@ def decode_fit(batch: dict[str, np.ndarray], request, storage, debug_uri: str = 
     With `request.debug_dataset`, each fitted pair is also zipped (mp4 + caption) to `debug_uri`.
     """
     from ltx_ray.data.ingest import fit_pair, write_debug_archive
+    from ltx_ray.data.media import set_decode_threads
     from ltx_ray.data.pairs import PairFiles
+
+    if ray.is_initialized():
+        set_decode_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
 
     out: dict[str, list] = {
         k: [] for k in ("index", "name", "caption", "error", "media", "decoded_clips", "decode_seconds",
@@ -439,8 +443,9 @@ def _decode_memory_bytes(job: JobConfig) -> int:
 
     w, h = bucket_size(job.request.resolution, job.request.aspect_ratio)
     frames = job.request.number_of_frames
-    # Two fitted clips in uint8 plus decoder buffers and a packed copy: about 4x the raw frames.
-    return max(256 * 1024**2, 4 * 2 * frames * w * h * 3)
+    # A worker with torch and PyAV imported is ~450 MiB; on top, two fitted clips in uint8
+    # plus decoder buffers and a packed copy: about 4x the raw frames.
+    return 512 * 1024**2 + 4 * 2 * frames * w * h * 3
 
 
 def run_preprocess(job: JobConfig) -> LatentCache:
