@@ -39,7 +39,7 @@ def ray_head():
     The head runs in the foreground (`--block`) in its own process group, so that stopping it
     cannot touch the session's test cluster (`ray stop` would stop every Ray on the machine).
     """
-    gcs, dashboard = _free_port(), _free_port()
+    gcs, dashboard, agent_http, agent_grpc, metrics, runtime_env, client = (_free_port() for _ in range(7))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PATH"] = f"{VENV_BIN}:{env['PATH']}"
     # Ray's token authentication, as an operator sets it up: the head and the CLI share a token.
@@ -51,6 +51,10 @@ def ray_head():
         [
             str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=4",
+            # Every port explicit and free: the session's test cluster holds Ray's default ones.
+            f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
+            f"--ray-client-server-port={client}",
             f"--temp-dir={temp_dir}", "--disable-usage-stats",
         ],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,

@@ -99,13 +99,16 @@ def test_reel_has_video_and_audio_of_matching_duration(reference_run):
 
 
 def test_zero3_run_to_an_s3_bucket(tmp_path, tiny_bundle, sample_dataset, s3_server, s3_bucket, reference_run):
+    # With a validation sample: under ZeRO-3 every rank takes part in the preview's forward passes.
     job = tiny_job(tiny_bundle, sample_dataset, f"s3://{s3_bucket}/runs", "zero3", "cluster.zero_stage=3",
-                   *s3_overrides(s3_server))
+                   *s3_overrides(s3_server), validation=True)
     result = run_job(job)
     assert result["lora_file"] == f"s3://{s3_bucket}/runs/zero3/outputs/{LORA_NAME}"
+    assert result["video"] == f"s3://{s3_bucket}/runs/zero3/outputs/validation_reel.mp4"
     s3 = boto3.client("s3", endpoint_url=s3_server)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]]
-    assert f"runs/zero3/outputs/{LORA_NAME}" in keys and "runs/zero3/outputs/config.json" in keys
+    for name in (LORA_NAME, "config.json", "validation_reel.mp4", "wandb/run-zero3.wandb"):
+        assert f"runs/zero3/outputs/{name}" in keys, name
     assert any(k.startswith("runs/zero3/checkpoint_") and k.endswith("lora.safetensors") for k in keys)
     local = tmp_path / "lora.safetensors"
     s3.download_file(s3_bucket, f"runs/zero3/outputs/{LORA_NAME}", str(local))
