@@ -98,3 +98,12 @@ def join(uri: str, *parts: str) -> str:
     if scheme_of(uri) == "":
         return str(Path(uri).joinpath(*parts))
     return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def upload(local: Path, uri: str, storage: StorageConfig | None = None) -> str:
+    """Copy a local file, or a folder tree, to a storage URI; returns the URI."""
+    fs, path = resolve_filesystem(uri, storage)
+    local = Path(local)
+    fs.create_dir(path if local.is_dir() else path.rsplit("/", 1)[0], recursive=True)
+    pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    return uri

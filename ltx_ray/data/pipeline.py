@@ -45,7 +45,7 @@ from ltx_ray.config.load import run_name as derive_run_name
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.data.fetch import content_hash, fetch
 from ltx_ray.errors import DatasetError, Problem
-from ltx_ray.storage import is_local, join, local_path, resolve_filesystem
+from ltx_ray.storage import is_local, join, local_path, resolve_filesystem, upload
 
 log = logging.getLogger(__name__)
 
@@ -184,10 +184,10 @@ def _stage_archive(job: JobConfig, run: str, key: str, archive: Path) -> str:
         return source
     if is_local(source) and is_local(job.storage.storage_path):
         return str(local_path(source).absolute())
-    from ltx_ray.train.outputs import storage_uri, upload_file
+    from ltx_ray.train.outputs import storage_uri
 
     # http(s) downloads, or a local archive with remote storage: copy it next to the run once.
-    return upload_file(job, archive, storage_uri(job, run, "inputs", f"{key}.zip"))
+    return upload(archive, storage_uri(job, run, "inputs", f"{key}.zip"), job.storage)
 
 
 def _read_members(archive_uri: str, members: list[str], storage, dest: Path) -> list[Path]:
@@ -235,7 +235,7 @@ def decode_fit(batch: dict[str, np.ndarray], request, storage, debug_uri: str = 
             decoded = 2
             if request.debug_dataset and debug_uri:
                 part = write_debug_archive([fitted], tmp / f"{name}.zip", request)
-                _upload(part, join(debug_uri, part.name), storage)
+                upload(part, join(debug_uri, part.name), storage)
             media = pack_tensors(
                 {
                     "ref_video": fitted.reference_video,
@@ -259,12 +259,6 @@ def decode_fit(batch: dict[str, np.ndarray], request, storage, debug_uri: str = 
     return {k: np.array(v, dtype=object if k in ("media",) else None) for k, v in out.items()}
 
 
-def _upload(local: Path, uri: str, storage) -> None:
-    fs, path = resolve_filesystem(uri, storage)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-
-
 def publish_debug_dataset(job: JobConfig, cache: LatentCache, out_uri: str) -> str | None:
     """Merge the per-pair debug zips of the cache into the `debug_dataset` output (when requested)."""
     if not job.request.debug_dataset:
@@ -278,7 +272,7 @@ def publish_debug_dataset(job: JobConfig, cache: LatentCache, out_uri: str) -> s
                 with fs.open_input_file(part) as f, zipfile.ZipFile(f) as zf:
                     for item in zf.infolist():
                         out.writestr(item, zf.read(item))
-        _upload(merged, out_uri, job.storage)
+        upload(merged, out_uri, job.storage)
     return out_uri
 
 

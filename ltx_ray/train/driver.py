@@ -23,7 +23,7 @@ from ltx_ray.config.load import run_name as derive_run_name
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.data.pipeline import build_latent_cache, publish_debug_dataset
 from ltx_ray.sample.conditioning import check_validation_inputs
-from ltx_ray.storage import resolve_filesystem
+from ltx_ray.storage import resolve_filesystem, upload
 from ltx_ray.train.loop import train_loop_per_worker
 from ltx_ray.train import outputs
 
@@ -79,7 +79,7 @@ def _build_validation_task(job: JobConfig, uri: str) -> str:
 
     with tempfile.TemporaryDirectory() as tmp:
         local = build_validation_set(job, Path(tmp) / "validation.safetensors")
-        return outputs.upload_file(job, local, uri)
+        return upload(local, uri, job.storage)
 
 
 def run_training(job: JobConfig) -> TrainResult:

@@ -28,7 +28,8 @@ from ltx_ray.model.objective import av2av_loss
 from ltx_ray.train import batches
 from ltx_ray.train.checkpoint import restore, save_and_report
 from ltx_ray.train.deepspeed_config import deepspeed_config, lr_lambda
-from ltx_ray.train.outputs import outputs_uri, upload_directory, upload_file
+from ltx_ray.storage import upload
+from ltx_ray.train.outputs import outputs_uri
 from ltx_ray.train.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         progress.close()
     wandb_run_dir = tracker.finish()
     if wandb_run_dir is not None:
-        upload_directory(job, wandb_run_dir, outputs_uri(job, config["run_name"], "wandb"))
+        upload(wandb_run_dir, outputs_uri(job, config["run_name"], "wandb"), job.storage)
 
 
 def _previewer(job: JobConfig, config: dict[str, Any], rank: int, device: torch.device, dtype: torch.dtype):
@@ -145,9 +146,9 @@ def _preview(previewer, engine, job: JobConfig, run: str, done: int, *, final: b
     reel = previewer.run(engine.module, done, local_preview_dir(run))
     if reel is None:
         return
-    upload_file(job, reel, outputs_uri(job, run, reel.name))
+    upload(reel, outputs_uri(job, run, reel.name), job.storage)
     if final:
-        upload_file(job, reel, outputs_uri(job, run, REEL_NAME))
+        upload(reel, outputs_uri(job, run, REEL_NAME), job.storage)
     tracker.log_video("validation/reel", reel, step=done, caption=f"step {done}: reference | generated")
 
 

@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 
 from ltx_ray import __version__
 from ltx_ray.config.schema import JobConfig
-from ltx_ray.storage import is_local, join, local_path, resolve_filesystem
+from ltx_ray.storage import is_local, join, local_path, resolve_filesystem, upload
 
 LORA_NAME = "ic_lora_av2av.safetensors"
 CONFIG_NAME = "config.json"
@@ -82,34 +82,17 @@ def local_wandb_dir(run: str) -> str:
     return os.path.join(tempfile.gettempdir(), "ltx-ray-wandb", run)
 
 
-def upload_file(job: JobConfig, local: Path, uri: str) -> str:
-    """Copy a local file to a storage URI; returns the URI."""
-    fs, path = resolve_filesystem(uri, job.storage)
-    parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-    return uri
-
-
-def upload_directory(job: JobConfig, local: Path, uri: str) -> str:
-    """Copy a local folder tree to a storage URI; returns the URI."""
-    fs, path = resolve_filesystem(uri, job.storage)
-    fs.create_dir(path, recursive=True)
-    pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-    return uri
-
-
 def publish(job: JobConfig, run: str, checkpoint) -> dict[str, Any]:
     """Copy the final LoRA out of the last checkpoint and write the config file; returns output URIs."""
     from ltx_ray.train.checkpoint import lora_file_of
 
     result: dict[str, Any] = {"lora_file": None, "config_file": None, "video": None, "debug_dataset": None}
     with lora_file_of(checkpoint) as lora:
-        result["lora_file"] = upload_file(job, lora, outputs_uri(job, run, LORA_NAME))
+        result["lora_file"] = upload(lora, outputs_uri(job, run, LORA_NAME), job.storage)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / CONFIG_NAME
         cfg.write_text(json.dumps(config_file_content(job), indent=2))
-        result["config_file"] = upload_file(job, cfg, outputs_uri(job, run, CONFIG_NAME))
+        result["config_file"] = upload(cfg, outputs_uri(job, run, CONFIG_NAME), job.storage)
     from ltx_ray.sample.preview import REEL_NAME
 
     for key, name in (("video", REEL_NAME), ("debug_dataset", DEBUG_NAME)):
