@@ -1,13 +1,18 @@
 #!/usr/bin/env python
 """Benchmark the Ray Data preprocessing: decode scaling with 1 vs 2 workers, stage shares, worker memory.
 
-    python scripts/bench_preprocess.py [--pairs 16]
+    python scripts/bench_preprocess.py [--pairs 16] [--rounds 3]
 
-Everything is measured side by side in one run on a local Ray instance:
-1. the decode/fit stage alone over the same archive with 1 and then 2 decode
-   workers (clips/s, and the 2/1 ratio);
-2. the whole pipeline (decode -> encode -> Parquet) once, with the share of
-   worker time per stage;
+Clips are decoded at the spec's defaults (89 frames at 24 fps, `medium` 1:1,
+i.e. 768x768) from 4-second 1280x720 30 fps sources. Everything is measured
+side by side in one run on a local Ray instance (2 CPUs):
+1. the decode/fit stage alone (`pipeline.decode_stage`, the product's stage;
+   its output blocks read by reference and dropped) over the same archive with 1
+   and with 2 decode workers, alternating, `--rounds` times each; the best
+   round of each is kept (this machine is shared and noisy: the best round is
+   the one least disturbed), and every round is printed;
+2. the whole pipeline (decode -> encode -> Parquet) once on a few pairs, with
+   the share of worker time per stage;
 3. the peak resident memory of a decode worker for a 10-pair and a 40-pair
    archive (fresh workers each time), and their ratio.
 Last line: `scaling_2v1=<ratio> rss_40v10=<ratio>`.
@@ -40,9 +45,9 @@ def _job(archive: Path, bundle: tuple[Path, Path], storage: Path, workers: int):
         [
             f"request.training_data_url={archive}", f"model.checkpoint={checkpoint}", f"model.text_encoder={gemma}",
             f"storage.storage_path={storage}", "request.validation=[]", f"cluster.decode_workers={workers}",
-            # 49 frames at 24 fps from 720p sources: enough decoding per pair that Ray's
-            # per-task overhead does not dominate what is measured.
-            "request.number_of_frames=49", "request.frame_rate=24",
+            # The spec's defaults for what a pair is decoded to.
+            "request.number_of_frames=89", "request.frame_rate=24", "request.resolution=medium",
+            "request.aspect_ratio=1:1",
         ],
     )
     return job
@@ -55,55 +60,70 @@ def _plan(job, archive: Path, work: Path) -> list[dict]:
     return rows
 
 
-def _decode_only(job, rows: list[dict], workers: int) -> tuple[float, float]:
-    """(clips/s, peak decode-worker RSS in MiB) of the decode stage alone."""
+def _decode_only(job, rows: list[dict]) -> tuple[float, float]:
+    """(clips/s, peak decode-worker RSS in MiB) of the decode stage alone.
+
+    The stage's output blocks are taken by reference as they come out and dropped once
+    their few small columns are read: nothing but the stage itself competes for the
+    CPUs, and the fitted clips never pile up in the object store.
+    """
     started = time.perf_counter()
-    ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-        pipeline.decode_fit, fn_kwargs={"request": job.request, "storage": job.storage},
-        batch_size=1, num_cpus=1, concurrency=workers,
-    )
-    out = ds.select_columns(["decoded_clips", "decode_rss_mb"]).take_all()
-    seconds = time.perf_counter() - started
-    return sum(r["decoded_clips"] for r in out) / seconds, max(r["decode_rss_mb"] for r in out)
+    clips, rss = 0, 0.0
+    for bundle in pipeline.decode_stage(job, rows).iter_internal_ref_bundles():
+        for ref in bundle.block_refs:
+            block = ray.get(ref)  # an Arrow table in shared memory: no copy of the clips
+            clips += sum(block.column("decoded_clips").to_pylist())
+            rss = max([rss, *block.column("decode_rss_mb").to_pylist()])
+            del block
+    return clips / (time.perf_counter() - started), rss
+
+
+def _clips(root: Path, pairs: int):
+    return write_sample_dataset(root, pairs, fps=30, seconds=4, width=1280, height=720)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=12, help="pairs in the scaling archive (default 12)")
+    parser.add_argument("--pairs", type=int, default=16, help="pairs in the scaling archive (default 16)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per worker count (default 3)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-prep-"))
     bundle = write_tiny_bundle(tmp / "bundle")
-    data = write_sample_dataset(tmp / "data", args.pairs, fps=30, seconds=2.5, width=1280, height=720)
+    data = _clips(tmp / "data", args.pairs)
     ray.init(num_cpus=2, logging_level="ERROR")
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
+    ray.data.DataContext.get_current().enable_progress_bars = False
 
-    job1 = _job(data.archive, bundle, tmp / "runs", 1)
-    rows = _plan(job1, data.archive, tmp / "work")
-    _decode_only(job1, rows[:2], 2)  # warm the worker pool and imports
-    one, _ = _decode_only(job1, rows, 1)
-    two, _ = _decode_only(_job(data.archive, bundle, tmp / "runs", 2), rows, 2)
-    print(f"decode+fit, {len(rows)} pairs: 1 worker {one:.2f} clips/s, 2 workers {two:.2f} clips/s")
+    jobs = {n: _job(data.archive, bundle, tmp / "runs", n) for n in (1, 2)}
+    rows = _plan(jobs[1], data.archive, tmp / "work")
+    _decode_only(jobs[2], rows[:4])  # start the worker processes and their imports
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    for r in range(args.rounds):
+        for n in (1, 2):
+            rates[n].append(_decode_only(jobs[n], rows)[0])
+            print(f"round {r + 1}: {n} decode worker(s), {len(rows)} pairs: {rates[n][-1]:.2f} clips/s", flush=True)
+    one, two = max(rates[1]), max(rates[2])
+    print(f"decode+fit, best round: 1 worker {one:.2f} clips/s, 2 workers {two:.2f} clips/s")
 
-    cache = pipeline._run_pipeline(_job(data.archive, bundle, tmp / "runs", 2), "bench", "full", rows, {})
+    few = rows[: min(3, len(rows))]
+    cache = pipeline._run_pipeline(jobs[2], "bench", "full", few, {})
     stages = cache.report["stages"]
     decode_s = stages["decode_fit"]["task_seconds"]
     encode_s = stages["encode"]["actor_seconds"]
     wall = cache.report["seconds"]
     print(
-        f"whole pipeline: {wall:.1f} s wall; worker time: decode/fit {decode_s:.1f} s "
+        f"whole pipeline, {len(few)} pairs: {wall:.1f} s wall; worker time: decode/fit {decode_s:.1f} s "
         f"({decode_s / (decode_s + encode_s):.0%}), encode {encode_s:.1f} s ({encode_s / (decode_s + encode_s):.0%})"
     )
 
     rss = {}
     for n in (10, 40):
-        small = write_sample_dataset(tmp / f"rss{n}", n, fps=30, seconds=2.5, width=1280, height=720)
+        small = _clips(tmp / f"rss{n}", n)
         job = _job(small.archive, bundle, tmp / "runs", 1)
         # A fresh Ray instance: worker processes start empty, so their peak RSS is this archive's.
         ray.shutdown()
         ray.init(num_cpus=2, logging_level="ERROR")
         ray.data.DataContext.get_current().enable_progress_bars = False
-        _, rss[n] = _decode_only(job, _plan(job, small.archive, tmp / f"work{n}"), 1)
+        _, rss[n] = _decode_only(job, _plan(job, small.archive, tmp / f"work{n}"))
         print(f"peak decode-worker RSS, {n} pairs: {rss[n]:.0f} MiB")
     ray.shutdown()
     print(f"scaling_2v1={two / one:.2f} rss_40v10={rss[40] / rss[10]:.2f}")
