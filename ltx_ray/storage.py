@@ -107,3 +107,11 @@ def upload(local: Path, uri: str, storage: StorageConfig | None = None) -> str:
     fs.create_dir(path if local.is_dir() else path.rsplit("/", 1)[0], recursive=True)
     pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
     return uri
+
+
+def storage_uri(storage: StorageConfig, *parts: str) -> str:
+    """A URI under the job's storage path: `s3://b/p/run/outputs/x`, or an absolute local path."""
+    root = storage.storage_path
+    if is_local(root):
+        root = str(local_path(root).absolute())
+    return join(root, *parts)

@@ -122,3 +122,57 @@ def test_tiny_bundle_gives_real_values_to_tensors_ltx_core_leaves_empty(tiny_bun
         stats = load(tiny_bundle.checkpoint).per_channel_statistics
         assert (stats.get_buffer("std-of-means") > 0.5).all()
         assert stats.get_buffer("mean-of-means").abs().max() < 1.0
+
+
+_ZERO3_LOAD = r'''
+import math, os, sys
+import torch, torch.distributed as dist
+import deepspeed
+from ltx_ray.model.loader import load_transformer, load_transformer_zero3
+
+checkpoint = sys.argv[1]
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}
+model = load_transformer_zero3(checkpoint, config, dtype=torch.float32)
+params = dict(model.named_parameters())
+for name, p in params.items():
+    assert p.numel() == 0, f"{name} is held whole on rank {rank}"
+    assert p.ds_tensor.numel() == math.ceil(p.ds_numel / world), name
+held = sum(p.ds_tensor.numel() for p in params.values())
+total = sum(p.ds_numel for p in params.values())
+reference = dict(load_transformer(checkpoint, dtype=torch.float32).named_parameters())
+assert reference.keys() == params.keys()
+for name, p in params.items():
+    with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+        assert torch.equal(p.data, reference[name]), f"{name} differs from the unpartitioned load"
+print(f"rank {rank} holds {held} of {total}", flush=True)
+dist.destroy_process_group()
+'''
+
+
+def test_zero3_load_partitions_the_base_as_it_loads(tiny_bundle):
+    """Two ranks: no parameter is ever whole on a rank, each holds its 1/world slice, and gathered they are the weights."""
+    import os
+    import re
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+               "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+        procs.append(subprocess.Popen([sys.executable, "-c", _ZERO3_LOAD, str(tiny_bundle.checkpoint)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    held = [re.search(r"holds (\d+) of (\d+)", out) for out, _ in outputs]
+    total = int(held[0].group(2))
+    # Each rank holds about half (ZeRO pads each tensor's last slice), never the whole model.
+    for h in held:
+        assert int(h.group(1)) < 0.6 * total

@@ -2,8 +2,11 @@
 
 Every component goes through ltx-core's own configurator (model from the JSON
 config in the safetensors metadata) and `SingleGPUModelBuilder` (model built on
-the meta device, then the checkpoint's tensors assigned in place: no second
-copy of the weights is ever allocated). Components load independently, so a
+the meta device, then the checkpoint's tensors, views of the memory-mapped file,
+assigned in place: no second copy of the weights when the requested dtype is
+the checkpoint's; a converted copy otherwise). Under DeepSpeed ZeRO-3 the
+transformer is instead built partitioned (`load_transformer_zero3`): each rank
+only ever holds its own slice of each weight. Components load independently, so a
 rank that only trains holds the transformer, and the text encoder can live on
 another device or process.
 
@@ -108,6 +111,76 @@ def load_transformer(checkpoint: str | Path, *, dtype: torch.dtype = torch.float
     from ltx_core.model.transformer.model_configurator import LTXV_MODEL_COMFY_RENAMING_MAP, LTXModelConfigurator
 
     return _build(checkpoint, LTXModelConfigurator, LTXV_MODEL_COMFY_RENAMING_MAP, "transformer", dtype, device)
+
+
+def load_transformer_zero3(checkpoint: str | Path, ds_config: dict[str, Any], *, dtype: torch.dtype = torch.float32):
+    """The transformer built already partitioned for DeepSpeed ZeRO-3: no rank ever holds all of it.
+
+    Built inside `deepspeed.zero.Init` (each module's parameters are partitioned
+    across the data-parallel ranks as soon as the module exists; their random
+    init is skipped), then every checkpoint tensor, a zero-copy view of the
+    memory-mapped file, is narrowed to this rank's flat slice and copied into
+    that parameter's shard. No collective runs while loading, and a rank touches
+    only its own pages of the file. Host memory per node: the file's page cache
+    (shared by the node's ranks) plus 1/world of the weights per rank.
+    Call it on every rank of an initialised process group, with the same
+    DeepSpeed config as `deepspeed.initialize`.
+    """
+    import deepspeed
+    from ltx_core.loader import SingleGPUModelBuilder
+    from ltx_core.model.transformer.model_configurator import LTXV_MODEL_COMFY_RENAMING_MAP, LTXModelConfigurator
+    from transformers.modeling_utils import no_init_weights
+
+    path = _check_checkpoint(checkpoint, "transformer")
+    sd_ops = LTXV_MODEL_COMFY_RENAMING_MAP
+    builder = SingleGPUModelBuilder(model_class_configurator=LTXModelConfigurator, model_path=str(path), model_sd_ops=sd_ops)
+    config = builder.model_config()
+    shapes = {name: tuple(p.shape) for name, p in builder.meta_model(config, ()).named_parameters()}
+    with no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
+        model = LTXModelConfigurator.from_config(config)
+    params = dict(model.named_parameters())
+    if set(params) != set(shapes) or any(True for _ in model.buffers()):
+        # Buffers are not partitioned and nothing here would fill them: refuse rather than guess.
+        raise ModelError(Problem(str(path), "this ltx-core transformer has buffers or differs from its meta twin; "
+                                            "the partitioned (ZeRO-3) load does not support it"))
+    filled: set[str] = set()
+    with _open(path) as f:
+        for key in f.keys():
+            renamed = sd_ops.apply_to_key(key)
+            if renamed is None:
+                continue
+            for item in sd_ops.apply_to_key_value(renamed, f.get_tensor(key)):
+                param = params.get(item.new_key)
+                if param is None:
+                    continue  # the text connectors' weights live under the same prefix
+                if tuple(item.new_value.shape) != shapes[item.new_key]:
+                    raise ModelError(Problem(str(path), f"{item.new_key} has shape {tuple(item.new_value.shape)}, "
+                                                        f"the model expects {shapes[item.new_key]}"))
+                _fill_own_shard(param, item.new_value)
+                filled.add(item.new_key)
+    missing = sorted(set(params) - filled)
+    if missing:  # an unfilled shard holds uninitialised memory: never train on it
+        listed = ", ".join(missing[:_MAX_LISTED_KEYS])
+        raise ModelError(Problem(str(path), f"{len(missing)} transformer weights missing: {listed}"))
+    log.info("loaded transformer from %s partitioned for ZeRO-3 (%d tensors, %s)", path.name, len(filled), dtype)
+    return model.eval()
+
+
+def _fill_own_shard(param, full: torch.Tensor) -> None:
+    """Copy this rank's slice of the flattened `full` tensor into `param`'s ZeRO-3 shard."""
+    import torch.distributed as dist
+
+    shard = param.ds_tensor
+    if getattr(shard, "final_location", None) is not None or getattr(param, "ds_secondary_tensor", None) is not None:
+        raise ModelError(Problem("cluster.zero_stage", "NVMe offload and hpZ are not supported by the partitioned load"))
+    size = shard.ds_numel
+    start = size * dist.get_rank(group=param.ds_process_group)
+    take = max(0, min(size, param.ds_numel - start))
+    with torch.no_grad():
+        if take:
+            shard.narrow(0, 0, take).copy_(full.reshape(-1).narrow(0, start, take))
+        if take < size:
+            shard.narrow(0, take, size - take).zero_()  # ZeRO pads the last rank's slice
 
 
 def load_video_encoder(checkpoint: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):

@@ -23,7 +23,7 @@ from ltx_ray.config.load import run_name as derive_run_name
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.data.pipeline import build_latent_cache, publish_debug_dataset
 from ltx_ray.sample.conditioning import check_validation_inputs
-from ltx_ray.storage import resolve_filesystem, upload
+from ltx_ray.storage import resolve_filesystem, storage_uri, upload
 from ltx_ray.train.loop import train_loop_per_worker
 from ltx_ray.train import outputs
 
@@ -61,7 +61,7 @@ def prepare_validation(job: JobConfig, run: str) -> str | None:
     from ltx_ray.model.loader import checkpoint_identity
     from ltx_ray.sample.conditioning import validation_key
 
-    uri = outputs.storage_uri(job, run, "validation", validation_key(job, checkpoint_identity(job.model.checkpoint))
+    uri = storage_uri(job.storage, run, "validation", validation_key(job, checkpoint_identity(job.model.checkpoint))
                               + ".safetensors")
     fs, path = resolve_filesystem(uri, job.storage)
     if fs.get_file_info(path).type != pafs.FileType.File:

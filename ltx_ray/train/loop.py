@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ltx_ray.config.schema import JobConfig
-from ltx_ray.model.loader import load_transformer
+from ltx_ray.model.loader import load_transformer, load_transformer_zero3
 from ltx_ray.model.lora import apply_lora
 from ltx_ray.model.objective import av2av_loss
 from ltx_ray.train import batches
@@ -155,7 +155,12 @@ def _preview(previewer, engine, job: JobConfig, run: str, done: int, *, final: b
 def _build_engine(job: JobConfig, checkpoint_path: str, world: int, device: torch.device, dtype: torch.dtype):
     # Same seed on every rank, so the LoRA starts identical everywhere.
     torch.manual_seed(job.seed)
-    transformer = load_transformer(checkpoint_path, dtype=dtype, device=device)
+    ds_config = deepspeed_config(job, world)
+    if job.cluster.zero_stage == 3:
+        # Partitioned as it loads: no rank ever holds the whole base model.
+        transformer = load_transformer_zero3(checkpoint_path, ds_config, dtype=dtype)
+    else:
+        transformer = load_transformer(checkpoint_path, dtype=dtype, device=device)
     if job.cluster.gradient_checkpointing:
         transformer.set_gradient_checkpointing(True)
     model = apply_lora(
@@ -166,11 +171,13 @@ def _build_engine(job: JobConfig, checkpoint_path: str, world: int, device: torc
         include_cross_modal=job.model.lora_include_cross_modal,
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:  # DeepSpeed does not cast a model built under zero.Init; the adapters follow the base
+        p.data = p.data.to(device=device, dtype=dtype)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=trainable,
         lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(job)),
-        config=deepspeed_config(job, world),
+        config=ds_config,
     )
     return engine
 

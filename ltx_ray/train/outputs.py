@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 
 from ltx_ray import __version__
 from ltx_ray.config.schema import JobConfig
-from ltx_ray.storage import is_local, join, local_path, resolve_filesystem, upload
+from ltx_ray.storage import join, resolve_filesystem, storage_uri, upload
 
 LORA_NAME = "ic_lora_av2av.safetensors"
 CONFIG_NAME = "config.json"
@@ -24,17 +24,9 @@ DEBUG_NAME = "debug_dataset.zip"
 TRAINING_TYPE = "av2av_ic_lora"
 
 
-def storage_uri(job: JobConfig, *parts: str) -> str:
-    """A URI under the storage path: `s3://b/p/run/outputs/x`, or an absolute local path."""
-    root = job.storage.storage_path
-    if is_local(root):
-        root = str(local_path(root).absolute())
-    return join(root, *parts)
-
-
 def outputs_uri(job: JobConfig, run: str, name: str = "") -> str:
     """Where an output of this run lands."""
-    return storage_uri(job, run, "outputs", *([name] if name else []))
+    return storage_uri(job.storage, run, "outputs", *([name] if name else []))
 
 
 def base_model_name(job: JobConfig) -> str:
