@@ -133,7 +133,8 @@ from ltx_ray.model.loader import load_transformer, load_transformer_zero3
 checkpoint = sys.argv[1]
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
-config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}
+config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "train_batch_size": world,
+          "zero_optimization": {"stage": 3}}
 model = load_transformer_zero3(checkpoint, config, dtype=torch.float32)
 params = dict(model.named_parameters())
 for name, p in params.items():

@@ -136,6 +136,9 @@ def load_transformer_zero3(checkpoint: str | Path, ds_config: dict[str, Any], *,
     builder = SingleGPUModelBuilder(model_class_configurator=LTXModelConfigurator, model_path=str(path), model_sd_ops=sd_ops)
     config = builder.model_config()
     shapes = {name: tuple(p.shape) for name, p in builder.meta_model(config, ()).named_parameters()}
+    # Wraps the process group Ray Train (or torchrun) set up: zero.Init checks the config's
+    # batch sizes against the world size before it would initialise DeepSpeed's comms itself.
+    deepspeed.init_distributed()
     with no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
         model = LTXModelConfigurator.from_config(config)
     params = dict(model.named_parameters())
