@@ -444,6 +444,7 @@ def _run_pipeline(job: JobConfig, run: str, key: str, rows: list[dict], report: 
 # the next starting on a busy node); a task therefore carries a few pairs, each its own
 # batch, so that the cost is amortised while every worker still gets several tasks.
 MAX_PAIRS_PER_DECODE_TASK = 4
+TASKS_PER_DECODE_WORKER = 4
 # glibc serves every allocation above its mmap threshold (at most 32 MB by default) with
 # a fresh mapping and unmaps it on free, so each of a pair's buffers (hundreds of MB at the
 # spec's defaults: fitted clips, the packed blob, float frames in the encoder) is
@@ -451,7 +452,6 @@ MAX_PAIRS_PER_DECODE_TASK = 4
 # machine, fitting from ~0.6 to ~0.5 s and packing from ~0.23 to ~0.03 s. The heap then
 # holds about one pair's working set, the same bound as before.
 LARGE_BUFFER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)}
-TASKS_PER_DECODE_WORKER = 4
 
 
 def decode_stage(job: JobConfig, rows: list[dict], debug_uri: str = "") -> ray.data.Dataset:

@@ -161,10 +161,7 @@ def load_transformer_zero3(checkpoint: str | Path, ds_config: dict[str, Any], *,
                                                         f"the model expects {shapes[item.new_key]}"))
                 _fill_own_shard(param, item.new_value)
                 filled.add(item.new_key)
-    missing = sorted(set(params) - filled)
-    if missing:  # an unfilled shard holds uninitialised memory: never train on it
-        listed = ", ".join(missing[:_MAX_LISTED_KEYS])
-        raise ModelError(Problem(str(path), f"{len(missing)} transformer weights missing: {listed}"))
+    _raise_if_missing(path, "transformer", set(params) - filled)  # an unfilled shard is uninitialised memory
     log.info("loaded transformer from %s partitioned for ZeRO-3 (%d tensors, %s)", path.name, len(filled), dtype)
     return model.eval()
 
@@ -336,17 +333,21 @@ def _build_with(builder, path: Path, dtype, device: torch.device, what: str):
         raise ModelError(Problem(str(path), f"the {what} config cannot be built: {exc!r}")) from None
     with _open(path) as f:
         available = _mapped_keys(builder.model_sd_ops, f.keys())
-    missing = sorted(expected - available)
-    if missing:
-        listed = ", ".join(missing[:_MAX_LISTED_KEYS])
-        more = f" and {len(missing) - _MAX_LISTED_KEYS} more" if len(missing) > _MAX_LISTED_KEYS else ""
-        raise ModelError(Problem(str(path), f"{len(missing)} {what} weights missing: {listed}{more}"))
+    _raise_if_missing(path, what, expected - available)
     try:
         model = builder.build(device=device, dtype=dtype)
     except (RuntimeError, SafetensorError) as exc:
         raise ModelError(Problem(str(path), f"cannot load the {what} weights: {exc}")) from None
     log.info("loaded %s from %s (%d tensors, %s on %s)", what, path.name, len(expected), dtype, device)
     return model.eval()
+
+
+def _raise_if_missing(path: Path, what: str, missing: set[str]) -> None:
+    if missing:
+        missing = sorted(missing)
+        listed = ", ".join(missing[:_MAX_LISTED_KEYS])
+        more = f" and {len(missing) - _MAX_LISTED_KEYS} more" if len(missing) > _MAX_LISTED_KEYS else ""
+        raise ModelError(Problem(str(path), f"{len(missing)} {what} weights missing: {listed}{more}"))
 
 
 def _mapped_keys(sd_ops, keys) -> set[str]:

@@ -62,7 +62,7 @@ def prepare_validation(job: JobConfig, run: str) -> str | None:
     from ltx_ray.sample.conditioning import validation_key
 
     uri = storage_uri(job.storage, run, "validation", validation_key(job, checkpoint_identity(job.model.checkpoint))
-                              + ".safetensors")
+                      + ".safetensors")
     fs, path = resolve_filesystem(uri, job.storage)
     if fs.get_file_info(path).type != pafs.FileType.File:
         options = {"num_gpus": 1} if job.cluster.use_gpu else {"num_cpus": 1}
