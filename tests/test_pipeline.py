@@ -171,3 +171,16 @@ def test_packed_tensors_are_safetensors_and_round_trip_every_dtype():
         expected = torch.as_tensor(value)
         for got in (ours[name], official[name], theirs[name]):
             assert got.dtype == expected.dtype and torch.equal(got, expected), name
+
+
+@pytest.mark.parametrize("pairs,workers", [(1, 1), (3, 2), (40, 1), (40, 2), (120, 2), (1000, 32)])
+def test_decode_tasks_shrink_towards_the_end_and_cover_every_pair_once(pairs, workers):
+    sizes = pipeline.decode_task_sizes(pairs, workers)
+    assert sum(sizes) == pairs and min(sizes) >= 1
+    assert max(sizes) <= pipeline.MAX_PAIRS_PER_DECODE_TASK
+    assert sizes == sorted(sizes, reverse=True)  # large tasks first
+    # The last task of each worker carries a single pair, so workers finish together.
+    assert sizes[-min(workers, len(sizes)):] == [1] * min(workers, len(sizes))
+    # Far fewer tasks than pairs once the archive is large (Ray Data's per-task cost).
+    if pairs >= 40:
+        assert len(sizes) <= pairs // 2

@@ -6,8 +6,9 @@ Stages, in the order data flows:
    hit nothing else runs. On a miss: extract, pair and probe (cheap, and the
    422-style errors belong before any cluster time), then stage the archive
    where every node can read it;
-2. `DecodeFit` (CPU tasks, `map_batches`, one pair per batch): read the two
-   clips of a pair out of the staged archive and fit them (`ltx_ray.data.ingest`);
+2. `decode_fit` (CPU tasks, `map_batches`, a few pairs per task, one output block
+   per pair): read the two clips of a pair out of the staged archive and fit them
+   (`ltx_ray.data.ingest`);
 3. `Encode` (an actor pool, one GPU per actor on GPU clusters): the video VAE
    encoder, audio VAE encoder and text encoder load once per actor and turn
    each pair into latents and caption embeddings;
@@ -35,7 +36,7 @@ import time
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -245,68 +246,62 @@ def _read_members(archive_uri: str, members: list[str], storage, dest: Path) -> 
     return out
 
 
-def decode_fit(batch: dict[str, np.ndarray], request, storage, debug_uri: str = "") -> pa.Table:
-    """Ray Data CPU stage: read one pair's clips out of the staged archive and fit them.
+def decode_fit(batch: dict[str, np.ndarray], request, storage, debug_uri: str = "") -> Iterator[pa.Table]:
+    """Ray Data CPU stage: one task's pairs, each read out of the staged archive and fitted.
 
-    Failures become rows with an `error` (named pair, reason) instead of a worker stack trace.
-    With `request.debug_dataset`, each fitted pair is also zipped (mp4 + caption) to `debug_uri`.
+    A batch is one row holding a task's share of the pairs as JSON (see `decode_stage`).
+    Each pair is yielded as its own one-row table as soon as it is fitted, so the worker
+    holds one pair's clips at a time. Failures become rows with an `error` (named pair,
+    reason) instead of a worker stack trace. With `request.debug_dataset`, each fitted
+    pair is also zipped (mp4 + caption) to `debug_uri`.
     """
-    from ltx_ray.data.ingest import fit_pair, write_debug_archive
     from ltx_ray.data.media import set_decode_threads
-    from ltx_ray.data.pairs import PairFiles
 
     if ray.is_initialized():
         set_decode_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    for pairs in batch["pairs"]:
+        for pair in json.loads(str(pairs)):
+            yield _decode_pair(pair, request, storage, debug_uri)
 
-    out: dict[str, list] = {
-        k: [] for k in ("index", "name", "caption", "error", "media", "decoded_clips", "decode_seconds",
-                        "decode_rss_mb")
+
+def _decode_pair(pair: dict[str, Any], request, storage, debug_uri: str) -> pa.Table:
+    from ltx_ray.data.ingest import fit_pair, write_debug_archive
+    from ltx_ray.data.pairs import PairFiles
+
+    name = pair["name"]
+    _note_decode(name)
+    started = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="ltx-ray-pair-"))
+    error, media, decoded = "", b"", 0
+    try:
+        start, end = _read_members(pair["archive_uri"], [pair["start_member"], pair["end_member"]], storage, tmp)
+        # Re-probed here: the driver's probe results point at its own local copies.
+        fitted = fit_pair(PairFiles(name=name, start=start, end=end), request, caption=pair["caption"])
+        decoded = 2
+        if request.debug_dataset and debug_uri:
+            part = write_debug_archive([fitted], tmp / f"{name}.zip", request)
+            upload(part, join(debug_uri, part.name), storage)
+        media = pack_tensors(
+            {
+                "ref_video": fitted.reference_video,
+                "video": fitted.target_video,
+                "ref_audio": fitted.reference_audio,
+                "audio": fitted.target_audio,
+            }
+        )
+    except Exception as exc:  # reported per pair; the run goes on with the others
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    row = {
+        "index": pair["index"], "name": name, "caption": pair["caption"], "error": error, "decoded_clips": decoded,
+        "decode_seconds": time.perf_counter() - started, "decode_rss_mb": _peak_rss_mb(),
     }
-    for i, name in enumerate(batch["name"]):
-        _note_decode(str(name))
-        started = time.perf_counter()
-        tmp = Path(tempfile.mkdtemp(prefix="ltx-ray-pair-"))
-        caption, error, media, decoded = str(batch["caption"][i]), "", b"", 0
-        try:
-            start, end = _read_members(
-                str(batch["archive_uri"][i]), [str(batch["start_member"][i]), str(batch["end_member"][i])],
-                storage, tmp,
-            )
-            # Re-probed here: the driver's probe results point at its own local copies.
-            fitted = fit_pair(PairFiles(name=str(name), start=start, end=end), request, caption=caption)
-            decoded = 2
-            if request.debug_dataset and debug_uri:
-                part = write_debug_archive([fitted], tmp / f"{name}.zip", request)
-                upload(part, join(debug_uri, part.name), storage)
-            media = pack_tensors(
-                {
-                    "ref_video": fitted.reference_video,
-                    "video": fitted.target_video,
-                    "ref_audio": fitted.reference_audio,
-                    "audio": fitted.target_audio,
-                }
-            )
-        except Exception as exc:  # reported per pair; the run goes on with the others
-            error = f"{type(exc).__name__}: {exc}"
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        out["index"].append(int(batch["index"][i]))
-        out["name"].append(str(name))
-        out["caption"].append(caption)
-        out["error"].append(error)
-        out["media"].append(media)
-        out["decoded_clips"].append(decoded)
-        out["decode_seconds"].append(time.perf_counter() - started)
-        out["decode_rss_mb"].append(_peak_rss_mb())
-    media = out.pop("media")
-    return pa.table({**{k: pa.array(v) for k, v in out.items()}, "media": _binary_column(media)})
-
-
-def _binary_column(blobs: list[bytes]) -> pa.Array:
-    """A `large_binary` column over the blobs; a single blob is wrapped without a copy."""
-    data = blobs[0] if len(blobs) == 1 else b"".join(blobs)
-    offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs], dtype=np.int64)]).astype(np.int64)
-    return pa.Array.from_buffers(pa.large_binary(), len(blobs), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    # The packed clips are wrapped as a `large_binary` value without a copy (~316 MB a pair
+    # at the spec's defaults).
+    offsets = pa.py_buffer(np.array([0, len(media)], dtype=np.int64))
+    media_column = pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, pa.py_buffer(media)])
+    return pa.table({**{k: pa.array([v]) for k, v in row.items()}, "media": media_column})
 
 
 def publish_debug_dataset(job: JobConfig, cache: LatentCache, out_uri: str) -> str | None:
@@ -440,11 +435,25 @@ def _run_pipeline(job: JobConfig, run: str, key: str, rows: list[dict], report: 
     return LatentCache(uri=uri, key=key, hit=False, report=report, storage=job.storage)
 
 
-# Ray Data pays a fixed scheduling cost per task (~0.2 s here between one task ending and
-# the next starting on a busy node); a task therefore carries a few pairs, each its own
-# batch, so that the cost is amortised while every worker still gets several tasks.
-MAX_PAIRS_PER_DECODE_TASK = 4
-TASKS_PER_DECODE_WORKER = 4
+# Ray Data pays a fixed cost per task: on a node whose CPUs are all busy, ~0.2 s passes
+# between one task ending and the next starting (measured here; it is paid by the worker,
+# not hidden behind its work). Tasks are therefore sized by guided self-scheduling: each
+# takes 1/(2 x workers) of the pairs not yet handed out, at most this many. The first
+# tasks are large and amortise that cost; the last carry one pair each, so the workers
+# finish together instead of one idling while another works through a large last task.
+MAX_PAIRS_PER_DECODE_TASK = 16
+
+
+def decode_task_sizes(pairs: int, workers: int) -> list[int]:
+    """How many pairs each decode task carries, in the order the tasks are handed out."""
+    sizes, left = [], pairs
+    while left > 0:
+        size = min(MAX_PAIRS_PER_DECODE_TASK, max(1, math.ceil(left / (2 * max(1, workers)))))
+        sizes.append(size)
+        left -= size
+    return sizes
+
+
 # glibc serves every allocation above its mmap threshold (at most 32 MB by default) with
 # a fresh mapping and unmaps it on free, so each of a pair's buffers (hundreds of MB at the
 # spec's defaults: fitted clips, the packed blob, float frames in the encoder) is
@@ -455,14 +464,20 @@ LARGE_BUFFER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHO
 
 
 def decode_stage(job: JobConfig, rows: list[dict], debug_uri: str = "") -> ray.data.Dataset:
-    """The CPU stage over the planned pairs: `decode_workers` concurrent tasks, one pair per batch.
+    """The CPU stage over the planned pairs: `decode_workers` concurrent tasks, one output block per pair.
 
-    Output blocks stream out pair by pair (up to Ray Data's target block size), so a decode
-    worker's memory is bounded by one pair's fitted clips whatever the archive's size.
+    Each input block is one task's share of the pairs (`decode_task_sizes`). Output blocks
+    stream out pair by pair (up to Ray Data's target block size), so a decode worker's
+    memory is bounded by one pair's fitted clips whatever the task's or the archive's size.
     """
     workers = job.cluster.decode_workers
-    tasks = min(len(rows), max(TASKS_PER_DECODE_WORKER * workers, math.ceil(len(rows) / MAX_PAIRS_PER_DECODE_TASK)))
-    return ray.data.from_items(rows, override_num_blocks=max(1, tasks)).map_batches(
+    tasks, start = [], 0
+    for size in decode_task_sizes(len(rows), workers):
+        tasks.append({"pairs": json.dumps(rows[start : start + size])})
+        start += size
+    # One row, and one block, per task. (Not `from_arrow` with uneven blocks: with Ray 2.60
+    # its map tasks start new worker processes on every run instead of reusing idle ones.)
+    return ray.data.from_items(tasks, override_num_blocks=max(1, len(tasks))).map_batches(
         decode_fit,
         fn_kwargs={"request": job.request, "storage": job.storage, "debug_uri": debug_uri},
         batch_size=1,
