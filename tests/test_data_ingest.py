@@ -192,6 +192,21 @@ def test_fit_pair_accepts_a_final_caption(make_clip, tmp_path):
     assert pair.caption == "given caption"
 
 
+@pytest.mark.parametrize("factors", [(1, 1), (2, 4)])
+def test_fit_pair_fills_given_arrays_exactly_as_it_fits_new_ones(make_clip, factors):
+    from ltx_ray.data.ingest import fitted_shapes
+    from ltx_ray.data.pairs import PairFiles
+
+    start, end = make_clip(frames=40, fps=16), make_clip(frames=60, fps=24, width=320, height=240)
+    request = _request("unused", reference_downscale_factor=factors[0], reference_temporal_scale_factor=factors[1])
+    fresh = fit_pair(PairFiles("p", start, end), request)
+    out = {field: np.full(shape, 7, dtype) for field, (shape, dtype) in fitted_shapes(request).items()}
+    filled = fit_pair(PairFiles("p", start, end), request, out=out)
+    for field, array in out.items():
+        assert getattr(filled, field) is array, f"{field} is fitted into the given array"
+        np.testing.assert_array_equal(array, getattr(fresh, field), err_msg=field)
+
+
 def test_fit_reference_for_validation(sample_dataset):
     clip = fit_reference(
         sample_dataset.validation_ref,

@@ -173,6 +173,21 @@ def test_packed_tensors_are_safetensors_and_round_trip_every_dtype():
             assert got.dtype == expected.dtype and torch.equal(got, expected), name
 
 
+def test_allocated_blob_is_filled_through_its_views():
+    import numpy as np
+    from safetensors.numpy import load
+
+    blob, views = pipeline.allocate_packed(
+        {"video": ((2, 3, 5, 3), np.dtype(np.uint8)), "audio": ((2, 7), np.dtype(np.float32))}
+    )
+    video, audio = np.arange(90, dtype=np.uint8).reshape(2, 3, 5, 3), np.linspace(-1, 1, 14, dtype=np.float32)
+    views["video"][...], views["audio"][...] = video, audio.reshape(2, 7)
+    for unpacked in (load(blob.tobytes()), {k: v.numpy() for k, v in pipeline.unpack_tensors(blob).items()}):
+        np.testing.assert_array_equal(unpacked["video"], video)
+        np.testing.assert_array_equal(unpacked["audio"], audio.reshape(2, 7))
+    assert pipeline.pack_tensors({"video": video, "audio": audio.reshape(2, 7)}) == blob.tobytes()
+
+
 @pytest.mark.parametrize("pairs,workers", [(1, 1), (3, 2), (40, 1), (40, 2), (120, 2), (1000, 32)])
 def test_decode_tasks_shrink_towards_the_end_and_cover_every_pair_once(pairs, workers):
     sizes = pipeline.decode_task_sizes(pairs, workers)

@@ -29,6 +29,7 @@ from ltx_ray.config.schema import RequestConfig, StorageConfig
 from ltx_ray.data.archive import extract_archive
 from ltx_ray.data.fetch import content_hash, fetch
 from ltx_ray.data.media import (
+    AUDIO_CHANNELS,
     AUDIO_SAMPLE_RATE,
     ClipInfo,
     audio_samples,
@@ -241,7 +242,13 @@ def pair_span(start: ClipInfo, end: ClipInfo, request: RequestConfig) -> float:
     return request.number_of_frames / request.frame_rate
 
 
-def fit_pair(pair: PairFiles | ProbedPair, request: RequestConfig, *, caption: str | None = None) -> FittedPair:
+def fit_pair(
+    pair: PairFiles | ProbedPair,
+    request: RequestConfig,
+    *,
+    caption: str | None = None,
+    out: dict[str, np.ndarray] | None = None,
+) -> FittedPair:
     """Decode and fit one pair: both clips to the bucket and frame grid, then scale the reference.
 
     Both clips get the same geometry and the same source timestamps, so
@@ -251,8 +258,12 @@ def fit_pair(pair: PairFiles | ProbedPair, request: RequestConfig, *, caption: s
     own audio is fitted to the target's duration. Accepts a `PairFiles`
     (probed and captioned here) or a `ProbedPair` from `build_manifest`.
     `caption`, when given, is used as the final caption (trigger phrase
-    included) instead of reading the pair's caption file.
+    included) instead of reading the pair's caption file. `out` may hold
+    arrays to fit into, by `FittedPair` field name (see `fitted_shapes`):
+    the target's frames, and an unscaled reference's, are decoded straight
+    into them, with no copy of the clips.
     """
+    out = out or {}
     if isinstance(pair, PairFiles):
         start, end = probe(pair.start), probe(pair.end)
         for clip in (start, end):
@@ -273,16 +284,18 @@ def fit_pair(pair: PairFiles | ProbedPair, request: RequestConfig, *, caption: s
     span = pair_span(pair.start, pair.end, request)
     width, height = bucket_size(request.resolution, request.aspect_ratio)
     audio_opts = (request.audio_normalize, request.audio_preserve_pitch)
-    ref = _fit_clip(pair.start, None, width, height, frames, rate, span, *audio_opts)
-    tgt = _fit_clip(pair.end, None, width, height, frames, rate, span, *audio_opts)
+    scaled = (request.reference_downscale_factor, request.reference_temporal_scale_factor) != (1, 1)
+    ref = _fit_clip(pair.start, None, width, height, frames, rate, span, *audio_opts,
+                    video_out=None if scaled else out.get("reference_video"))
+    tgt = _fit_clip(pair.end, None, width, height, frames, rate, span, *audio_opts, video_out=out.get("target_video"))
     ref_video = _scale_reference(ref[0], request.reference_downscale_factor, request.reference_temporal_scale_factor)
     return FittedPair(
         name=pair.name,
         caption=pair.caption,
-        reference_video=ref_video,
-        target_video=tgt[0],
-        reference_audio=ref[1],
-        target_audio=tgt[1],
+        reference_video=_into(out.get("reference_video"), ref_video),
+        target_video=_into(out.get("target_video"), tgt[0]),
+        reference_audio=_into(out.get("reference_audio"), ref[1]),
+        target_audio=_into(out.get("target_audio"), tgt[1]),
         sample_rate=AUDIO_SAMPLE_RATE,
         frame_rate=float(rate),
     )
@@ -331,6 +344,30 @@ def fit_reference(
     )
 
 
+def fitted_shapes(request: RequestConfig) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of each array `fit_pair` returns for this request, by `FittedPair` field name."""
+    width, height = bucket_size(request.resolution, request.aspect_ratio)
+    frames, factor = request.number_of_frames, request.reference_downscale_factor
+    ref_w, ref_h = reference_size(width, height, factor)
+    audio = ((AUDIO_CHANNELS, audio_samples(frames, request.frame_rate)), np.dtype(np.float32))
+    return {
+        "reference_video": (
+            (reference_frames(frames, request.reference_temporal_scale_factor), ref_h, ref_w, 3), np.dtype(np.uint8)
+        ),
+        "target_video": ((frames, height, width, 3), np.dtype(np.uint8)),
+        "reference_audio": audio,
+        "target_audio": audio,
+    }
+
+
+def _into(dest: np.ndarray | None, value: np.ndarray) -> np.ndarray:
+    """`value`, copied into `dest` unless it already is `dest` (or there is none)."""
+    if dest is None or value is dest:
+        return value
+    np.copyto(dest, value)
+    return dest
+
+
 def _fit_clip(
     info: ClipInfo,
     audio_path: Path | None,
@@ -341,10 +378,12 @@ def _fit_clip(
     span: float,
     normalize: bool,
     preserve_pitch: bool,
+    video_out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     time_scale = span / (frames / frame_rate)
     video = decode_video(
-        info.path, width=width, height=height, frames=frames, frame_rate=frame_rate, time_scale=time_scale
+        info.path, width=width, height=height, frames=frames, frame_rate=frame_rate, time_scale=time_scale,
+        out=video_out,
     )
     audio = decode_audio(
         audio_path or info.path,

@@ -213,6 +213,7 @@ def decode_video(
     frame_rate: float,
     time_scale: float = 1.0,
     label: str | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Decode a clip to uint8 `[frames, height, width, 3]` at `frame_rate`, filled and centre-cropped.
 
@@ -220,10 +221,15 @@ def decode_video(
     `i / frame_rate * time_scale` seconds after the first frame, so any
     source frame rate maps correctly (and `time_scale != 1` stretches or
     squeezes time). Past the end of the clip the last frame is held.
+    The frames are written into `out` when given (an array of that shape
+    and dtype), else into a new array.
     """
     label = label or Path(path).name
     targets = source_times(frames, frame_rate, time_scale)
-    out = np.empty((frames, height, width, 3), dtype=np.uint8)
+    if out is None:
+        out = np.empty((frames, height, width, 3), dtype=np.uint8)
+    elif out.shape != (frames, height, width, 3) or out.dtype != np.uint8:
+        raise ValueError(f"out is {out.dtype}{list(out.shape)}, not uint8{[frames, height, width, 3]}")
     filled = 0
     fit = _FrameFitter(width, height)
     sar = 1.0

@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 COMPLETE_MARKER = "_COMPLETE.json"
 REPORT_FILE = "report.json"
+# The fitted clips in a decoded row's `media` blob: tensor name -> `FittedPair` field.
+MEDIA_FIELDS = {"ref_video": "reference_video", "video": "target_video", "ref_audio": "reference_audio",
+                "audio": "target_audio"}
 LATENT_COLUMNS = ("ref_video", "video", "ref_audio", "audio", "video_context", "audio_context", "context_mask")
 
 
@@ -176,12 +179,11 @@ def pack_tensors(tensors: dict[str, Any]) -> bytes:
     """Named tensors (torch or numpy) as one safetensors-format blob, dtype kept (bf16 included).
 
     Written by hand rather than with `safetensors.torch.save`: the tensors are copied
-    once, straight into the blob. A fitted pair at the spec's defaults is ~316 MB, and
-    each extra copy of it costs a decode task about 0.2 s.
+    once, straight into the blob.
     """
     import torch
 
-    header, parts, offset = {}, [], 0
+    arrays = {}
     for name, value in tensors.items():
         if isinstance(value, torch.Tensor):
             value = value.detach().cpu().contiguous()
@@ -189,13 +191,39 @@ def pack_tensors(tensors: dict[str, Any]) -> bytes:
             array = (value.view(torch.int16) if code else value).numpy()
         else:
             code, array = None, np.ascontiguousarray(value)
-        code = code or _NUMPY_CODES[array.dtype]
-        header[name] = {"dtype": code, "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
-        offset += array.nbytes
-        parts.append(array.reshape(-1).view(np.uint8).data)
+        arrays[name] = (code or _NUMPY_CODES[array.dtype], array)
+    head = _safetensors_header({name: (code, a.shape, a.nbytes) for name, (code, a) in arrays.items()})
+    return b"".join([head, *(a.reshape(-1).view(np.uint8).data for _, a in arrays.values())])
+
+
+def allocate_packed(specs: dict[str, tuple[tuple[int, ...], np.dtype]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """An unfilled safetensors-format blob for tensors of these shapes and numpy dtypes, and a view of each.
+
+    Writing into the views fills the blob, so data produced straight into them (a
+    pair's decoded frames, ~316 MB at the spec's defaults) is never copied to be packed.
+    """
+    sizes = {name: math.prod(shape) * np.dtype(dtype).itemsize for name, (shape, dtype) in specs.items()}
+    head = _safetensors_header(
+        {name: (_NUMPY_CODES[np.dtype(dtype)], shape, sizes[name]) for name, (shape, dtype) in specs.items()}
+    )
+    blob = np.empty(len(head) + sum(sizes.values()), dtype=np.uint8)
+    blob[: len(head)] = np.frombuffer(head, dtype=np.uint8)
+    views, offset = {}, len(head)
+    for name, (shape, dtype) in specs.items():
+        views[name] = blob[offset : offset + sizes[name]].view(dtype).reshape(shape)
+        offset += sizes[name]
+    return blob, views
+
+
+def _safetensors_header(entries: dict[str, tuple[str, tuple[int, ...], int]]) -> bytes:
+    """Length prefix and JSON header for (dtype code, shape, bytes) per name, data laid out in that order."""
+    header, offset = {}, 0
+    for name, (code, shape, nbytes) in entries.items():
+        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return b"".join([struct.pack("<Q", len(text)), text, *parts])
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    return struct.pack("<Q", len(text)) + text
 
 
 def unpack_tensors(blob: bytes | memoryview) -> dict[str, Any]:
@@ -265,7 +293,7 @@ def decode_fit(batch: dict[str, np.ndarray], request, storage, debug_uri: str = 
 
 
 def _decode_pair(pair: dict[str, Any], request, storage, debug_uri: str) -> pa.Table:
-    from ltx_ray.data.ingest import fit_pair, write_debug_archive
+    from ltx_ray.data.ingest import fit_pair, fitted_shapes, write_debug_archive
     from ltx_ray.data.pairs import PairFiles
 
     name = pair["name"]
@@ -275,20 +303,19 @@ def _decode_pair(pair: dict[str, Any], request, storage, debug_uri: str) -> pa.T
     error, media, decoded = "", b"", 0
     try:
         start, end = _read_members(pair["archive_uri"], [pair["start_member"], pair["end_member"]], storage, tmp)
+        # The clips are fitted straight into the blob that carries them to the encoder.
+        shapes = fitted_shapes(request)
+        blob, views = allocate_packed({key: shapes[field] for key, field in MEDIA_FIELDS.items()})
         # Re-probed here: the driver's probe results point at its own local copies.
-        fitted = fit_pair(PairFiles(name=name, start=start, end=end), request, caption=pair["caption"])
+        fitted = fit_pair(
+            PairFiles(name=name, start=start, end=end), request, caption=pair["caption"],
+            out={field: views[key] for key, field in MEDIA_FIELDS.items()},
+        )
         decoded = 2
         if request.debug_dataset and debug_uri:
             part = write_debug_archive([fitted], tmp / f"{name}.zip", request)
             upload(part, join(debug_uri, part.name), storage)
-        media = pack_tensors(
-            {
-                "ref_video": fitted.reference_video,
-                "video": fitted.target_video,
-                "ref_audio": fitted.reference_audio,
-                "audio": fitted.target_audio,
-            }
-        )
+        media = blob
     except Exception as exc:  # reported per pair; the run goes on with the others
         error = f"{type(exc).__name__}: {exc}"
     finally:
