@@ -555,8 +555,9 @@ def _decode_memory_bytes(job: JobConfig) -> int:
 
     w, h = bucket_size(job.request.resolution, job.request.aspect_ratio)
     frames = job.request.number_of_frames
-    # A worker with torch and PyAV imported is ~450 MiB; on top, two fitted clips in uint8
-    # plus decoder buffers and a packed copy: about 4x the raw frames.
+    # A worker with torch and PyAV imported is ~450 MiB; on top, the blob holding two fitted
+    # clips in uint8, decoder and conversion buffers, and the object store pages the block
+    # is written to: at most about 4x the raw frames.
     return 512 * 1024**2 + 4 * 2 * frames * w * h * 3
 
 
