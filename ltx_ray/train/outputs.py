@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 
 from ltx_ray import __version__
 from ltx_ray.config.schema import JobConfig
-from ltx_ray.storage import join, resolve_filesystem, storage_uri, upload
+from ltx_ray.storage import resolve_filesystem, storage_uri, upload
 
 LORA_NAME = "ic_lora_av2av.safetensors"
 CONFIG_NAME = "config.json"
