@@ -3,7 +3,7 @@
 import os
 
 # Keep every test on the CPU and offline, whatever the machine has.
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ["DS_ACCELERATOR"] = "cpu"
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 

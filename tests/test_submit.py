@@ -45,6 +45,9 @@ def ray_head():
     # Ray's token authentication, as an operator sets it up: the head and the CLI share a token.
     env["RAY_AUTH_MODE"] = "token"
     env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    # The node's image says CUDA, as GPU images do (and as DeepSpeed guesses wherever torch sees a
+    # GPU): the CPU demo job must still train on DeepSpeed's CPU accelerator, because the job sets it.
+    env["DS_ACCELERATOR"] = "cuda"
     # A short temp dir: Ray's Unix sockets live under it, and socket paths are limited to 107 bytes.
     temp_dir = tempfile.mkdtemp(prefix="rh-", dir="/tmp")
     head = subprocess.Popen(

@@ -124,28 +124,44 @@ def load_transformer_zero3(checkpoint: str | Path, ds_config: dict[str, Any], *,
     only its own pages of the file. Host memory per node: the file's page cache
     (shared by the node's ranks) plus 1/world of the weights per rank.
     Call it on every rank of an initialised process group, with the same
-    DeepSpeed config as `deepspeed.initialize`.
+    DeepSpeed config as `deepspeed.initialize`; `dtype` must be the precision
+    that config trains in (`bf16.enabled`: bfloat16, else float32).
+
+    The dtype is left to the config, never passed to `zero.Init`: DeepSpeed
+    0.19's `Init._set_dtype` keeps a passed dtype only where the accelerator
+    reports fp16 support (on CPU, oneDNN's answer, which differs between
+    machines) and otherwise builds in bfloat16. Every parameter and shard is
+    checked against `dtype` after the build.
     """
     import deepspeed
+    import torch.distributed as dist
     from ltx_core.loader import SingleGPUModelBuilder
     from ltx_core.model.transformer.model_configurator import LTXV_MODEL_COMFY_RENAMING_MAP, LTXModelConfigurator
     from transformers.modeling_utils import no_init_weights
 
+    configured = _deepspeed_precision(ds_config)
+    if configured != dtype:
+        raise ValueError(f"the DeepSpeed config trains in {_PRECISION_NAMES[configured]}, not {dtype}: "
+                         "pass the dtype its precision gives (cluster.precision)")
     path = _check_checkpoint(checkpoint, "transformer")
     sd_ops = LTXV_MODEL_COMFY_RENAMING_MAP
     builder = SingleGPUModelBuilder(model_class_configurator=LTXModelConfigurator, model_path=str(path), model_sd_ops=sd_ops)
     config = builder.model_config()
     shapes = {name: tuple(p.shape) for name, p in builder.meta_model(config, ()).named_parameters()}
-    # Wraps the process group Ray Train (or torchrun) set up: zero.Init checks the config's
-    # batch sizes against the world size before it would initialise DeepSpeed's comms itself.
-    deepspeed.init_distributed()
-    with no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
+    # Wraps the process group Ray Train (or torchrun) set up, with that group's own backend: zero.Init
+    # checks the config's batch sizes against the world size before it would initialise comms itself.
+    deepspeed.init_distributed(dist_backend=dist.get_backend())
+    with no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds_config):  # dtype from the config
         model = LTXModelConfigurator.from_config(config)
     params = dict(model.named_parameters())
     if set(params) != set(shapes) or any(True for _ in model.buffers()):
         # Buffers are not partitioned and nothing here would fill them: refuse rather than guess.
         raise ModelError(Problem(str(path), "this ltx-core transformer has buffers or differs from its meta twin; "
                                             "the partitioned (ZeRO-3) load does not support it"))
+    wrong = sorted({str(t.dtype) for p in params.values() for t in (p, p.ds_tensor) if t.dtype != dtype})
+    if wrong:  # a DeepSpeed that chooses the dtype otherwise than its config says: fail before training on it
+        raise ModelError(Problem("cluster.precision", f"DeepSpeed's zero.Init built the transformer in {wrong}, "
+                                                      f"not {dtype}; this DeepSpeed release is not supported"))
     filled: set[str] = set()
     with _open(path) as f:
         for key in f.keys():
@@ -164,6 +180,18 @@ def load_transformer_zero3(checkpoint: str | Path, ds_config: dict[str, Any], *,
     _raise_if_missing(path, "transformer", set(params) - filled)  # an unfilled shard is uninitialised memory
     log.info("loaded transformer from %s partitioned for ZeRO-3 (%d tensors, %s)", path.name, len(filled), dtype)
     return model.eval()
+
+
+_PRECISION_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+def _deepspeed_precision(ds_config: dict[str, Any]) -> torch.dtype:
+    """The dtype a DeepSpeed config trains in, as `zero.Init` reads it when given no dtype."""
+    if (ds_config.get("bf16") or ds_config.get("bfloat16") or {}).get("enabled"):  # DeepSpeed reads either key
+        return torch.bfloat16
+    if ds_config.get("fp16", {}).get("enabled"):
+        return torch.float16
+    return torch.float32
 
 
 def _fill_own_shard(param, full: torch.Tensor) -> None:

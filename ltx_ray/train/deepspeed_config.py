@@ -48,6 +48,17 @@ def deepspeed_config(job: JobConfig, world_size: int) -> dict[str, Any]:
     return cfg
 
 
+def deepspeed_accelerator(job: JobConfig) -> str:
+    """The DeepSpeed accelerator the training workers use: the job's device, not the machine's guess.
+
+    Unset, DeepSpeed picks CUDA wherever torch sees a GPU (a CPU job on a GPU
+    host would then put its engine on `cuda:0`), and its choice is cached at
+    the first import. The driver sets it in the workers' environment
+    (`DS_ACCELERATOR`, before they import DeepSpeed); the loop checks it.
+    """
+    return "cuda" if job.cluster.use_gpu else "cpu"
+
+
 def lr_lambda(job: JobConfig) -> Callable[[int], float]:
     """Multiplier of the base learning rate at an optimizer step: warmup, then constant/linear/cosine."""
     total = job.request.number_of_steps

@@ -24,6 +24,7 @@ from ltx_ray.config.schema import JobConfig
 from ltx_ray.data.pipeline import build_latent_cache, publish_debug_dataset
 from ltx_ray.sample.conditioning import check_validation_inputs
 from ltx_ray.storage import resolve_filesystem, storage_uri, upload
+from ltx_ray.train.deepspeed_config import deepspeed_accelerator
 from ltx_ray.train.loop import train_loop_per_worker
 from ltx_ray.train import outputs
 
@@ -114,6 +115,7 @@ def run_training(job: JobConfig) -> TrainResult:
             storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(num_to_keep=job.train.num_checkpoints_to_keep),
             failure_config=FailureConfig(max_failures=job.cluster.max_failures),
+            worker_runtime_env={"env_vars": {"DS_ACCELERATOR": deepspeed_accelerator(job)}},
         ),
         datasets={"train": cache.dataset()},
         # Every worker reads the whole latent set and draws its own deterministic batches

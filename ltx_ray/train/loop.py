@@ -20,6 +20,7 @@ import deepspeed
 import ray.train
 import torch
 import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
 
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.model.loader import load_transformer, load_transformer_zero3
@@ -27,7 +28,7 @@ from ltx_ray.model.lora import apply_lora
 from ltx_ray.model.objective import av2av_loss
 from ltx_ray.train import batches
 from ltx_ray.train.checkpoint import restore, save_and_report
-from ltx_ray.train.deepspeed_config import deepspeed_config, lr_lambda
+from ltx_ray.train.deepspeed_config import deepspeed_accelerator, deepspeed_config, lr_lambda
 from ltx_ray.storage import upload
 from ltx_ray.train.outputs import outputs_uri
 from ltx_ray.train.tracking import Tracker
@@ -153,6 +154,11 @@ def _preview(previewer, engine, job: JobConfig, run: str, done: int, *, final: b
 
 
 def _build_engine(job: JobConfig, checkpoint_path: str, world: int, device: torch.device, dtype: torch.dtype):
+    accelerator = get_accelerator().device_name()
+    if accelerator != deepspeed_accelerator(job):
+        raise RuntimeError(f"DeepSpeed chose its {accelerator!r} accelerator but cluster.use_gpu={job.cluster.use_gpu} "
+                           f"needs {deepspeed_accelerator(job)!r} (DS_ACCELERATOR in this worker: "
+                           f"{os.environ.get('DS_ACCELERATOR')!r})")
     # Same seed on every rank, so the LoRA starts identical everywhere.
     torch.manual_seed(job.seed)
     ds_config = deepspeed_config(job, world)
