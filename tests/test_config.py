@@ -43,6 +43,41 @@ def test_defaults_match_the_spec():
     assert (r.stg_scale, r.debug_dataset) == (1.0, False)
 
 
+def test_defaults_where_the_spec_is_silent_are_the_official_av2av_recipes():
+    # ltx-trainer configs/av2av_ic_lora.yaml and its trainer: linear LR schedule, no warmup,
+    # torch AdamW (weight decay 0.01), clip 1.0, gradient checkpointing, bf16, checkpoints every
+    # 250 steps keeping 3, validation every 100 steps with 30 inference steps.
+    job = _load()[0]
+    t, c = job.train, job.cluster
+    assert (t.lr_scheduler, t.warmup_steps, t.weight_decay, t.max_grad_norm) == ("linear", 0, 0.01, 1.0)
+    assert (c.gradient_checkpointing, c.precision, c.micro_batch_size) == (True, "bf16", 1)
+    assert (t.checkpoint_every, t.num_checkpoints_to_keep) == (250, 3)
+    assert (t.validation_every, t.validation_inference_steps) == (100, 30)
+    assert job.model.lora_targets == ["attn1", "attn2", "audio_attn1", "audio_attn2",
+                                      "audio_to_video_attn", "video_to_audio_attn"]
+
+
+@pytest.mark.parametrize("warmup", [0, 10])
+def test_linear_schedule_is_torchs_linear_lr_from_1_to_a_tenth_as_the_official_trainer(warmup):
+    import torch
+
+    from ltx_ray.train.deepspeed_config import lr_lambda
+
+    steps = 100
+    job = _load(f"request.number_of_steps={steps}", f"train.warmup_steps={warmup}")[0]
+    fn = lr_lambda(job)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    official = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.1,
+                                                 total_iters=steps - warmup)
+    for step in range(warmup, steps + 1):
+        assert fn(step) == pytest.approx(optimizer.param_groups[0]["lr"], abs=1e-9), step
+        optimizer.step()
+        official.step()
+    assert fn(steps) == pytest.approx(0.1)
+    if warmup:
+        assert [fn(s) for s in range(warmup)] == pytest.approx([(s + 1) / warmup for s in range(warmup)])
+
+
 def test_training_data_url_is_required():
     with pytest.raises(ConfigError) as info:
         load_config(None, [])

@@ -102,10 +102,19 @@ def test_downscale_is_an_exact_box_average():
     assert out[0, 0, 0, 0] == 200 and out[0, 1, 1, 0] == 0
 
 
-def test_temporal_subsampling_keeps_frame_zero_then_every_kth():
+def test_temporal_subsampling_keeps_frame_0_then_1_then_every_kth():
     video = np.arange(17)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
-    assert subsample_frames(video, 4)[:, 0, 0, 0].tolist() == [0, 4, 8, 12, 16]
+    assert subsample_frames(video, 4)[:, 0, 0, 0].tolist() == [0, 1, 5, 9, 13]
+    assert subsample_frames(video, 2)[:, 0, 0, 0].tolist() == [0, 1, 3, 5, 7, 9, 11, 13, 15]
     assert subsample_frames(video, 1) is video
+
+
+def test_temporal_subsampling_keeps_the_frame_count_the_config_rules_expect():
+    from ltx_ray.config.resolution import reference_frames
+
+    for frames, factor in ((9, 2), (17, 2), (17, 4), (33, 4), (65, 8), (89, 1)):
+        video = np.zeros((frames, 1, 1, 3), np.uint8)
+        assert subsample_frames(video, factor).shape[0] == reference_frames(frames, factor)
 
 
 def _audio(path, span=2.0, out=32000, **kw):

@@ -30,10 +30,9 @@ def _batch():
 
 @pytest.fixture
 def trained_lora(tiny_bundle):
-    """A PEFT model whose LoRA weights are non-zero (as after training), feed-forward and cross-modal included."""
+    """A PEFT model whose LoRA weights are non-zero (as after training), feed-forward included."""
     torch.manual_seed(0)
-    model = apply_lora(loader.load_transformer(tiny_bundle.checkpoint), 8,
-                       include_feed_forward=True, include_cross_modal=True)
+    model = apply_lora(loader.load_transformer(tiny_bundle.checkpoint), 8, include_feed_forward=True)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.requires_grad:
@@ -46,13 +45,30 @@ def _metadata():
                          reference_temporal_scale_factor=1, base_model="ltx-2.3-tiny")
 
 
-def test_default_lora_targets_are_the_video_and_audio_attention_projections(tiny_bundle):
+def _lora_layers(model) -> set[str]:
+    return {k.removeprefix("diffusion_model.").rsplit(".lora_", 1)[0] for k in lora_state_dict(model)}
+
+
+def test_default_lora_covers_cross_modal_attention(tiny_bundle):
     model = apply_lora(loader.load_transformer(tiny_bundle.checkpoint), 4)
-    names = {k.removeprefix("diffusion_model.").rsplit(".lora_", 1)[0] for k in lora_state_dict(model)}
     expected = {f"transformer_blocks.{i}.{a}.{p}" for i in range(2)
-                for a in ("attn1", "attn2", "audio_attn1", "audio_attn2")
+                for a in ("attn1", "attn2", "audio_attn1", "audio_attn2", "audio_to_video_attn", "video_to_audio_attn")
                 for p in ("to_q", "to_k", "to_v", "to_out.0")}
-    assert names == expected
+    assert _lora_layers(model) == expected
+
+
+def test_default_lora_layers_are_the_official_recipes(tiny_bundle):
+    """ltx-trainer's av2av target_modules [to_k, to_q, to_v, to_out.0] under PEFT's rule: a Linear whose name ends so."""
+    transformer = loader.load_transformer(tiny_bundle.checkpoint)
+    official = {n for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)
+                and any(n == t or n.endswith("." + t) for t in ("to_k", "to_q", "to_v", "to_out.0"))}
+    assert _lora_layers(apply_lora(transformer, 4)) == official
+
+
+def test_lora_targets_can_narrow_the_default(tiny_bundle):
+    model = apply_lora(loader.load_transformer(tiny_bundle.checkpoint), 4, targets=["attn1"])
+    assert _lora_layers(model) == {f"transformer_blocks.{i}.attn1.{p}" for i in range(2)
+                                   for p in ("to_q", "to_k", "to_v", "to_out.0")}
 
 
 def test_lora_file_has_ltx_keys_in_bf16(trained_lora, tmp_path):
@@ -143,4 +159,4 @@ def test_lora_export_gathers_zero3_sharded_parameters(tiny_bundle):
     result = subprocess.run([sys.executable, "-c", _ZERO3_EXPORT, str(tiny_bundle.checkpoint), port],
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "exported 64" in result.stdout
+    assert "exported 96" in result.stdout  # 2 blocks x 6 attentions x 4 projections x (A, B)

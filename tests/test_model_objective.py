@@ -39,6 +39,27 @@ def test_reference_tokens_get_timestep_0_and_targets_get_sigma():
     assert not torch.equal(video_in.sigma, audio_in.sigma)
 
 
+def test_timesteps_stay_float32_with_bf16_latents():
+    batch = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in _batch(b=2).items()}
+    fp32_in = av2av_inputs(_batch(b=2), torch.Generator().manual_seed(0))
+    for inputs, same in zip(av2av_inputs(batch, torch.Generator().manual_seed(0)), fp32_in):
+        m = inputs.modality
+        assert m.latent.dtype == torch.bfloat16
+        assert m.sigma.dtype == torch.float32 and m.timesteps.dtype == torch.float32
+        # The σ the noise was mixed with, exactly: not rounded to bf16 (0.5789 -> 0.5781).
+        assert torch.equal(m.sigma, same.sigma) and torch.equal(m.timesteps, same.modality.timesteps)
+        assert not torch.equal(m.sigma, m.sigma.to(torch.bfloat16).float())
+
+
+def test_bf16_transformer_trains_on_float32_timesteps(tiny_bundle):
+    model = apply_lora(loader.load_transformer(tiny_bundle.checkpoint, dtype=torch.bfloat16), 4)
+    batch = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in _batch().items()}
+    loss, _ = av2av_loss(model, batch, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
 def test_reference_tokens_are_clean_and_targets_are_noised_towards_the_velocity_target():
     batch = _batch()
     video_in, _ = av2av_inputs(batch, torch.Generator().manual_seed(0))

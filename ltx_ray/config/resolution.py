@@ -40,5 +40,5 @@ def reference_size(width: int, height: int, downscale_factor: int) -> tuple[int,
 
 
 def reference_frames(frames: int, temporal_factor: int) -> int:
-    """Frame count of the reference after keeping frame 0 and every k-th frame."""
+    """Frame count of the reference after keeping frame 0, then frame 1 and every k-th frame after it."""
     return (frames - 1) // temporal_factor + 1

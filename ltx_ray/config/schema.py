@@ -66,12 +66,16 @@ class ModelConfig:
 
     checkpoint: str = "ltx-2.3-22b-dev.safetensors"
     text_encoder: str = "gemma-3-12b-it"
-    # LoRA placement: the video/audio self- and text-attention by default.
+    # The attentions whose to_q/to_k/to_v/to_out.0 get a LoRA, in every block. Default: all six,
+    # audio<->video cross-attention included, as the official av2av recipe trains them
+    # (ltx-trainer configs/av2av_ic_lora.yaml); a shorter list narrows it.
     lora_targets: List[str] = field(
-        default_factory=lambda: ["attn1", "attn2", "audio_attn1", "audio_attn2"]
+        default_factory=lambda: [
+            "attn1", "attn2", "audio_attn1", "audio_attn2", "audio_to_video_attn", "video_to_audio_attn",
+        ]
     )
+    # Also the feed-forward layers (not in the official recipe).
     lora_include_feed_forward: bool = False
-    lora_include_cross_modal: bool = False
 
 
 @dataclass
@@ -84,6 +88,7 @@ class ClusterConfig:
         default_factory=lambda: {"CPU": 8.0, "GPU": 1.0}
     )
     zero_stage: int = 2
+    # ltx-trainer av2av_ic_lora.yaml `enable_gradient_checkpointing: true` (each block recomputed in backward).
     gradient_checkpointing: bool = True
     micro_batch_size: int = 1
     gradient_accumulation_steps: int = 1
@@ -96,15 +101,26 @@ class ClusterConfig:
 
 @dataclass
 class TrainConfig:
-    """The optimisation schedule beyond the request's steps and learning rate."""
+    """The optimisation schedule beyond the request's steps and learning rate.
 
-    lr_scheduler: str = "constant"
-    warmup_steps: int = 50
-    weight_decay: float = 0.0
+    Where the spec is silent, the defaults are the official av2av recipe's: Lightricks'
+    ltx-trainer `configs/av2av_ic_lora.yaml` (cited below as "av2av.yaml") and its trainer.
+    """
+
+    # av2av.yaml `scheduler_type: linear`: torch's LinearLR from 1.0 to 0.1 of the learning rate
+    # over the run (ltx-trainer's default end factor). "cosine" decays to 0; "constant" holds.
+    lr_scheduler: str = "linear"
+    # The official recipe has no warmup; steps of linear ramp from 0 before the schedule.
+    warmup_steps: int = 0
+    # ltx-trainer builds `torch.optim.AdamW(params, lr=lr)`: torch's default weight decay.
+    weight_decay: float = 0.01
+    # av2av.yaml `max_grad_norm: 1.0`.
     max_grad_norm: float = 1.0
+    # av2av.yaml checkpoints `interval: 250`, `keep_last_n: 3`.
     checkpoint_every: int = 250
-    num_checkpoints_to_keep: int = 2
-    validation_every: int = 500
+    num_checkpoints_to_keep: int = 3
+    # av2av.yaml validation `interval: 100`, `inference_steps: 30`.
+    validation_every: int = 100
     validation_inference_steps: int = 30
     # Classifier-free guidance of the previews, against `request.validation_negative_prompt`.
     validation_guidance_scale: float = 3.0

@@ -311,8 +311,17 @@ def downscale_video(video: np.ndarray, factor: int) -> np.ndarray:
 
 
 def subsample_frames(video: np.ndarray, factor: int) -> np.ndarray:
-    """Keep frame 0 and every `factor`-th frame after it (the reference's lower frame rate)."""
-    return video[::factor] if factor > 1 else video
+    """The reference at 1/`factor` of the frame rate, aligned with the video VAE: frames 0, 1, 1+k, 1+2k, ...
+
+    Frame 0 is the VAE's causal first frame (its own latent frame); each later
+    latent frame covers 8 frames from frame 1 on, so every k-th frame is counted
+    from frame 1. The same indices as the official IC-LoRA recipe
+    (`ltx_pipelines.iclora_utils.temporal_subsample`), used for training,
+    validation and inference alike.
+    """
+    if factor <= 1:
+        return video
+    return video[[0, *range(1, video.shape[0], factor)]]
 
 
 def decode_audio(

@@ -53,7 +53,8 @@ from ltx_ray.storage import is_local, join, local_path, resolve_filesystem, stor
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+# 2: temporally subsampled references keep frames 0, 1, 1+k, ... (were 0, k, 2k, ...).
+CACHE_FORMAT = 2
 COMPLETE_MARKER = "_COMPLETE.json"
 REPORT_FILE = "report.json"
 # The fitted clips in a decoded row's `media` blob: tensor name -> `FittedPair` field.

@@ -20,9 +20,11 @@ from safetensors.torch import save_file
 
 from ltx_ray.errors import ModelError, Problem
 
-DEFAULT_TARGETS = ("attn1", "attn2", "audio_attn1", "audio_attn2")
+# Every attention of a block: video and audio self- and text-attention, and the audio<->video
+# cross-attention that ties sound to picture. The official av2av recipe (ltx-trainer's
+# configs/av2av_ic_lora.yaml, target_modules to_q/to_k/to_v/to_out.0) trains all of them.
+DEFAULT_TARGETS = ("attn1", "attn2", "audio_attn1", "audio_attn2", "audio_to_video_attn", "video_to_audio_attn")
 FEED_FORWARD_TARGETS = ("ff.net.0.proj", "ff.net.2", "audio_ff.net.0.proj", "audio_ff.net.2")
-CROSS_MODAL_TARGETS = ("audio_to_video_attn", "video_to_audio_attn")
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 TRAINING_TYPE = "av2av_ic_lora"
 KEY_PREFIX = "diffusion_model."
@@ -34,11 +36,9 @@ def lora_target_modules(
     targets: Iterable[str] = DEFAULT_TARGETS,
     *,
     include_feed_forward: bool = False,
-    include_cross_modal: bool = False,
 ) -> list[str]:
     """Full names of the Linear layers that get a LoRA: attention projections of `targets` in every block (+ options)."""
-    attentions = list(targets) + (list(CROSS_MODAL_TARGETS) if include_cross_modal else [])
-    wanted = [rf"{re.escape(a)}\.{re.escape(p)}" for a in attentions for p in ATTENTION_PROJECTIONS]
+    wanted = [rf"{re.escape(a)}\.{re.escape(p)}" for a in targets for p in ATTENTION_PROJECTIONS]
     if include_feed_forward:
         wanted += [re.escape(f) for f in FEED_FORWARD_TARGETS]
     pattern = re.compile(rf"transformer_blocks\.\d+\.(?:{'|'.join(wanted)})")
@@ -54,7 +54,6 @@ def apply_lora(
     *,
     targets: Iterable[str] = DEFAULT_TARGETS,
     include_feed_forward: bool = False,
-    include_cross_modal: bool = False,
 ) -> PeftModel:
     """Wrap `transformer` in a PEFT LoRA (rank `rank`, alpha = rank, no dropout); only LoRA params train.
 
@@ -64,9 +63,7 @@ def apply_lora(
         r=rank,
         lora_alpha=rank,
         lora_dropout=0.0,
-        target_modules=lora_target_modules(
-            transformer, targets, include_feed_forward=include_feed_forward, include_cross_modal=include_cross_modal
-        ),
+        target_modules=lora_target_modules(transformer, targets, include_feed_forward=include_feed_forward),
         init_lora_weights=True,
     )
     model = get_peft_model(transformer, config)

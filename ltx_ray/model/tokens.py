@@ -111,15 +111,23 @@ def reference_conditioned_modality(
     `reference` `[B, T_ref, C]`, `target` `[B, T, C]` (already noised), `positions` for
     both, `sigma` `[B]`. Reference tokens get timestep 0, target tokens σ. Training
     and the validation sampler both build their inputs here, so they cannot drift apart.
+
+    σ and the timesteps stay float32 whatever the latents' dtype, as in the official
+    trainer and pipelines: in bf16, σ = 0.5789 would become 0.5781, and the network
+    would learn a noise-level embedding out of step with the noise it sees.
+    ltx-core embeds them in float32 and casts the embedding to the latents' dtype.
     """
     b, n_ref = reference.shape[:2]
     n_target = target.shape[1]
     dtype, device = target.dtype, target.device
-    timesteps = torch.cat([torch.zeros(b, n_ref, device=device), sigma[:, None].expand(b, n_target)], dim=1)
+    sigma = sigma.to(device, torch.float32)
+    timesteps = torch.cat(
+        [torch.zeros(b, n_ref, device=device, dtype=torch.float32), sigma[:, None].expand(b, n_target)], dim=1
+    )
     return Modality(
         latent=torch.cat([reference.to(dtype), target], dim=1),
-        sigma=sigma.to(dtype),
-        timesteps=timesteps.to(dtype),
+        sigma=sigma,
+        timesteps=timesteps,
         positions=positions,
         context=context.to(device, dtype),
         enabled=True,

@@ -27,7 +27,8 @@ from ltx_ray.data.media import has_audio
 from ltx_ray.errors import DatasetError, Problem
 from ltx_ray.sample.sampler import Conditioning
 
-VALIDATION_FORMAT = 1
+# 2: temporally subsampled references keep frames 0, 1, 1+k, ... (were 0, k, 2k, ...).
+VALIDATION_FORMAT = 2
 
 
 def check_validation_inputs(job: JobConfig) -> None:

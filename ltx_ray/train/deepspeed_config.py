@@ -59,8 +59,16 @@ def deepspeed_accelerator(job: JobConfig) -> str:
     return "cuda" if job.cluster.use_gpu else "cpu"
 
 
+# ltx-trainer's linear schedule: LinearLR(start_factor=1.0, end_factor=0.1, total_iters=steps).
+LINEAR_END_FACTOR = 0.1
+
+
 def lr_lambda(job: JobConfig) -> Callable[[int], float]:
-    """Multiplier of the base learning rate at an optimizer step: warmup, then constant/linear/cosine."""
+    """Multiplier of the base learning rate at an optimizer step: warmup, then constant/linear/cosine.
+
+    linear: from 1 to `LINEAR_END_FACTOR` over the steps after warmup (torch's `LinearLR`
+    as the official recipe builds it); cosine: from 1 to 0 (`CosineAnnealingLR`).
+    """
     total = job.request.number_of_steps
     warmup = min(job.train.warmup_steps, total)
     kind = job.train.lr_scheduler
@@ -72,7 +80,7 @@ def lr_lambda(job: JobConfig) -> Callable[[int], float]:
             return 1.0
         progress = (step - warmup) / max(1, total - warmup)
         if kind == "linear":
-            return max(0.0, 1.0 - progress)
+            return 1.0 - (1.0 - LINEAR_END_FACTOR) * min(1.0, progress)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return fn

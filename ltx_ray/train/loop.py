@@ -174,7 +174,6 @@ def _build_engine(job: JobConfig, checkpoint_path: str, world: int, device: torc
         job.request.rank,
         targets=job.model.lora_targets,
         include_feed_forward=job.model.lora_include_feed_forward,
-        include_cross_modal=job.model.lora_include_cross_modal,
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
     for p in trainable:  # DeepSpeed does not cast a model built under zero.Init; the adapters follow the base
