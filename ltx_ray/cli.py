@@ -25,6 +25,24 @@ def _parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_)
         c.add_argument("config", help="YAML config file (e.g. conf/default.yaml)")
         c.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. request.rank=64")
+    g = sub.add_parser(
+        "generate",
+        help="run a trained av2av IC-LoRA on a reference clip and write the generated mp4 (video + audio)",
+        description="Frames, frame rate, resolution and aspect ratio come from the config's request.validation_* "
+                    "fields, steps and guidance from train.validation_*; override them as key=value.",
+    )
+    g.add_argument("config", help="YAML config file (the one the LoRA was trained with, or conf/default.yaml)")
+    g.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. request.validation_number_of_frames=49")
+    g.add_argument("--lora", required=True, help="the IC-LoRA file: a path or an s3://, gs://, http(s):// URI")
+    g.add_argument("--reference-video", required=True, help="the reference clip (path or URI)")
+    g.add_argument("--reference-audio", help="the reference's sound, when the video has none (path or URI)")
+    g.add_argument("--prompt", required=True, help="the caption, with the LoRA's trigger phrase")
+    g.add_argument("--negative-prompt", help="default: the config's request.validation_negative_prompt")
+    g.add_argument("--strength", type=float, default=1.0, help="LoRA strength (default 1.0)")
+    g.add_argument("--seed", type=int, help="default: the config's seed")
+    g.add_argument("--out", default="generated.mp4", help="output mp4: a path or an s3:// / gs:// URI")
+    g.add_argument("--side-by-side", action="store_true", help="put the reference on the left of the output")
+    g.add_argument("--latents-out", help="also save the generated latents (safetensors: video, audio)")
     return p
 
 
@@ -35,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from ltx_ray.config import dump_yaml, load_config
 
     try:
-        job, _warnings = load_config(args.config, args.overrides)
+        job, _warnings = load_config(args.config, args.overrides, training=args.command != "generate")
         if args.command == "validate":
             sys.stdout.write(dump_yaml(job))
             return 0
@@ -48,6 +66,16 @@ def main(argv: list[str] | None = None) -> int:
             from ltx_ray.train.driver import run_job
 
             run_job(job)
+            return 0
+        if args.command == "generate":
+            from ltx_ray.sample.generate import GenerateRequest, generate
+
+            out = generate(job, GenerateRequest(
+                lora=args.lora, reference_video=args.reference_video, reference_audio=args.reference_audio,
+                prompt=args.prompt, negative_prompt=args.negative_prompt, strength=args.strength, seed=args.seed,
+                out=args.out, side_by_side=args.side_by_side, latents_out=args.latents_out,
+            ))
+            print(out)
             return 0
     except UserError as err:
         print(f"error: the request was rejected ({len(err.problems)} problem(s)):", file=sys.stderr)

@@ -7,4 +7,4 @@ os.environ["DS_ACCELERATOR"] = "cpu"
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
-pytest_plugins = ["fixtures_data", "fixtures_model", "fixtures_cluster"]
+pytest_plugins = ["fixtures_data", "fixtures_model", "fixtures_cluster", "fixtures_train"]

@@ -90,31 +90,35 @@ def test_lora_metadata_round_trips(trained_lora, tmp_path):
     assert meta["reference_downscale_factor"] == "2" and meta["trigger_phrase"] == "av_st9le"
 
 
-def test_lora_file_fused_by_ltx_core_matches_the_peft_model(trained_lora, tiny_bundle, tmp_path):
-    from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP, SingleGPUModelBuilder
-    from ltx_core.model.transformer.model_configurator import LTXV_MODEL_COMFY_RENAMING_MAP, LTXModelConfigurator
-
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_lora_file_fused_by_ltx_core_matches_the_peft_model(trained_lora, tiny_bundle, tmp_path, dtype):
+    """`load_transformer(lora=...)` (ltx-core's own LoRA fusion, as `ltx-ray generate` uses it) in either dtype."""
     path = save_lora_file(lora_state_dict(trained_lora), tmp_path / "lora.safetensors", _metadata())
-    fused = (
-        SingleGPUModelBuilder(model_class_configurator=LTXModelConfigurator, model_path=str(tiny_bundle.checkpoint),
-                              model_sd_ops=LTXV_MODEL_COMFY_RENAMING_MAP)
-        .lora(str(path), 1.0, LTXV_LORA_COMFY_RENAMING_MAP)
-        .build(device=torch.device("cpu"), dtype=torch.bfloat16)
-        .float()
-        .eval()
-    )
+    fused = loader.load_transformer(tiny_bundle.checkpoint, dtype=dtype, lora=(path, 1.0)).eval()
+    assert {p.dtype for p in fused.parameters()} == {dtype}
     base = loader.load_transformer(tiny_bundle.checkpoint).eval()
     video_in, audio_in = av2av_inputs(_batch(), torch.Generator().manual_seed(0))
     with torch.no_grad():
         outputs = {name: m(video=video_in.modality, audio=audio_in.modality, perturbations=None)
-                   for name, m in (("peft", trained_lora), ("fused", fused), ("base", base))}
+                   for name, m in (("peft", trained_lora), ("fused", fused.float()), ("base", base))}
     for i in (0, 1):
         peft, fused_out, base_out = outputs["peft"][i], outputs["fused"][i], outputs["base"][i]
         lora_effect = (peft - base_out).abs().mean()
         scale = peft.abs().mean()
         assert lora_effect > 0.05 * scale  # the LoRA really changes the output
-        assert (peft - fused_out).abs().mean() < 2e-2 * scale  # bf16 rounding only
+        assert (peft - fused_out).abs().mean() < 2e-2 * scale  # bf16 rounding only (file weights are bf16)
         assert (peft - fused_out).abs().mean() < 0.1 * lora_effect
+
+
+def test_lora_strength_scales_the_fused_delta(trained_lora, tiny_bundle, tmp_path):
+    path = save_lora_file(lora_state_dict(trained_lora), tmp_path / "lora.safetensors", _metadata())
+    base = loader.load_transformer(tiny_bundle.checkpoint)
+    half = loader.load_transformer(tiny_bundle.checkpoint, lora=(path, 0.5))
+    full = loader.load_transformer(tiny_bundle.checkpoint, lora=(path, 1.0))
+    name = "transformer_blocks.0.attn1.to_q.weight"
+    w0, w_half, w_full = (dict(m.named_parameters())[name] for m in (base, half, full))
+    torch.testing.assert_close(w_half - w0, 0.5 * (w_full - w0), atol=1e-6, rtol=1e-4)
+    assert (w_full - w0).abs().max() > 0
 
 
 _ZERO3_EXPORT = r'''

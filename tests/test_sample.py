@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from ltx_core.components.guiders import MultiModalGuiderParams
+from ltx_core.guidance.perturbations import PerturbationType
 
 from jobs import ROOT, tiny_job
 from ltx_ray.errors import DatasetError
 from ltx_ray.model.loader import load_transformer
 from ltx_ray.model.objective import av2av_inputs
 from ltx_ray.sample.conditioning import build_validation_set, check_validation_inputs, load_validation_set
-from ltx_ray.sample.sampler import TargetShape, sample_av2av
+from ltx_ray.sample.sampler import Guidance, TargetShape, guidance_from_config, sample_av2av, stg_block
 
 
 class Recorder(torch.nn.Module):
@@ -55,11 +57,17 @@ def _shape(cond) -> TargetShape:
                        cond.ref_audio.shape[3])
 
 
-def _sample(model, cond, seed=0, stg_scale=1.0):
+def _guidance(stg_scale=1.0, batched=True, **kw) -> Guidance:
+    video = dict(cfg_scale=3.0, stg_scale=stg_scale, stg_blocks=[1], rescale_scale=0.7, modality_scale=3.0)
+    audio = {**video, "cfg_scale": 7.0}
+    return Guidance(MultiModalGuiderParams(**{**video, **kw}), MultiModalGuiderParams(**{**audio, **kw}),
+                    batched=batched)
+
+
+def _sample(model, cond, seed=0, steps=3, **guidance):
     return sample_av2av(
         model, cond, _shape(cond), torch.Generator().manual_seed(seed), frame_rate=16.0,
-        reference_downscale_factor=2, reference_temporal_scale_factor=2, steps=3, cfg_scale=3.0,
-        stg_scale=stg_scale, stg_blocks=[1],
+        reference_downscale_factor=2, reference_temporal_scale_factor=2, steps=steps, guidance=_guidance(**guidance),
     )
 
 
@@ -88,23 +96,101 @@ def test_reference_is_scaled_at_inference_exactly_as_in_training(validation_set,
     }
     train_video, train_audio = av2av_inputs(batch, torch.Generator().manual_seed(0), reference_downscale_factor=2,
                                             reference_temporal_scale_factor=2, frame_rate=16.0)
-    assert torch.equal(video.positions, train_video.modality.positions)
-    assert torch.equal(audio.positions, train_audio.modality.positions)
+    assert torch.equal(video.positions[:1], train_video.modality.positions)
+    assert torch.equal(audio.positions[:1], train_audio.modality.positions)
     # Reference tokens are clean: timestep 0 at inference as in training.
     assert torch.all(video.timesteps[:, :n_ref_video] == 0) and torch.all(video.timesteps[:, n_ref_video:] > 0)
     assert torch.all(audio.timesteps[:, :n_ref_audio] == 0)
 
 
-def test_stg_scale_zero_and_positive_both_run_and_differ(validation_set, transformer):
+def test_preview_guidance_uses_per_modality_cfg_and_rescale(validation_set, transformer):
+    job, _ = validation_set
+    g = guidance_from_config(job, transformer)
+    assert (g.video.cfg_scale, g.audio.cfg_scale) == (3.0, 7.0)
+    assert g.video.rescale_scale == g.audio.rescale_scale == 0.7
+    assert g.video.modality_scale == g.audio.modality_scale == 3.0
+    # The spec's stg_scale sets both STG scales.
+    assert g.video.stg_scale == g.audio.stg_scale == job.request.stg_scale
+    assert g.passes == ("positive", "negative", "stg", "modality")
+    # Block 28 of 48, at the same depth of the tiny model's 2 blocks.
+    assert g.video.stg_blocks == g.audio.stg_blocks == [1]
+
+
+def test_stg_block_is_the_officials_28_of_48_at_the_models_depth():
+    assert stg_block(28, 48) == 28
+    assert [stg_block(28, d) for d in (2, 12, 24, 47)] == [1, 7, 14, 27]
+
+
+def test_each_step_batches_the_four_official_passes_with_ltx_cores_perturbations(validation_set, transformer):
+    _, samples = validation_set
+    cond = samples[0][1]
+    recorder = Recorder(transformer)
+    _sample(recorder, cond, steps=2)
+    assert len(recorder.calls) == 2  # one batched call per step
+    video, _, perturbations = recorder.calls[0]
+    assert video.latent.shape[0] == 4
+    # positive and negative prompt, then STG and modality isolation, both on the prompt.
+    assert torch.equal(video.context[0], video.context[2]) and torch.equal(video.context[0], video.context[3])
+    assert not torch.equal(video.context[0], video.context[1])
+    configs = perturbations.perturbations
+    assert configs[0].perturbations == [] and configs[1].perturbations == []
+    assert {(p.type, tuple(p.blocks)) for p in configs[2].perturbations} == {
+        (PerturbationType.SKIP_VIDEO_SELF_ATTN, (1,)), (PerturbationType.SKIP_AUDIO_SELF_ATTN, (1,))}
+    assert {(p.type, p.blocks) for p in configs[3].perturbations} == {
+        (PerturbationType.SKIP_A2V_CROSS_ATTN, None), (PerturbationType.SKIP_V2A_CROSS_ATTN, None)}
+
+
+def test_batched_and_one_by_one_guidance_passes_give_the_same_clip(validation_set, transformer):
+    _, samples = validation_set
+    cond = samples[0][1]
+    recorder = Recorder(transformer)
+    batched = _sample(transformer, cond, batched=True)
+    single = _sample(recorder, cond, batched=False)
+    assert len(recorder.calls) == 3 * 4 and all(v.latent.shape[0] == 1 for v, _, _ in recorder.calls)
+    for a, b in zip(batched, single):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_schedule_is_ltx2_schedulers_default_ladder(validation_set, transformer):
+    from ltx_core.components.schedulers import LTX2Scheduler
+
+    _, samples = validation_set
+    recorder = Recorder(transformer)
+    _sample(recorder, samples[0][1], steps=4)
+    seen = [float(v.sigma[0]) for v, _, _ in recorder.calls]
+    assert seen == LTX2Scheduler().execute(4)[:-1].tolist()
+
+
+def test_guidance_is_computed_on_x0_with_rescale_over_the_whole_sequence():
+    """The official step: x0 per pass, c + (cfg-1)(c-u) + stg(c-p) + (mod-1)(c-m), rescaled by
+    0.7·std(c)/std(pred) + 0.3 over reference and target tokens, then an Euler step of the target."""
+    from ltx_ray.sample.sampler import _guided_euler_step
+    from ltx_core.components.guiders import MultiModalGuider
+
+    g = torch.Generator().manual_seed(0)
+    n_ref, n, c = 3, 5, 4
+    x0 = {k: torch.randn(1, n_ref + n, c, generator=g) for k in ("positive", "negative", "stg", "modality")}
+    ref = x0["positive"][:, :n_ref]
+    for k in x0:
+        x0[k][:, :n_ref] = ref  # every pass sees the same clean reference
+    x = torch.randn(1, n, c, generator=g)
+    params = MultiModalGuiderParams(cfg_scale=3.0, stg_scale=1.0, stg_blocks=[1], rescale_scale=0.7,
+                                    modality_scale=3.0)
+    got = _guided_euler_step(MultiModalGuider(params), x0, x, n_ref, 0.8, 0.6)
+    cnd, u, p, m = x0["positive"], x0["negative"], x0["stg"], x0["modality"]
+    pred = cnd + 2.0 * (cnd - u) + 1.0 * (cnd - p) + 2.0 * (cnd - m)
+    pred = pred * (0.7 * cnd.std() / pred.std() + 0.3)
+    expected = x + (x - pred[:, n_ref:]) / 0.8 * (0.6 - 0.8)
+    torch.testing.assert_close(got, expected)
+
+
+def test_stg_scale_zero_drops_the_stg_pass_and_changes_the_clip(validation_set, transformer):
     _, samples = validation_set
     cond = samples[0][1]
     recorder = Recorder(transformer)
     without = _sample(recorder, cond, stg_scale=0.0)
-    passes_without = len(recorder.calls)
-    with_stg = _sample(recorder, cond, stg_scale=1.0)
-    # STG adds one perturbed pass per step (3 steps), with ltx-core's perturbation config.
-    assert len(recorder.calls) - passes_without == passes_without + 3
-    assert any(p is not None for _, _, p in recorder.calls[passes_without:])
+    assert all(v.latent.shape[0] == 3 for v, _, _ in recorder.calls)  # positive, negative, modality
+    with_stg = _sample(transformer, cond, stg_scale=1.0)
     assert torch.isfinite(with_stg[0]).all() and not torch.equal(without[0], with_stg[0])
 
 

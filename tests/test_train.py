@@ -1,8 +1,9 @@
 """Ray Train + DeepSpeed training on the session's two-node Ray cluster (2 CPU workers, gloo, tiny bundle).
 
 The runs are few and shared between tests (each `fit` costs ~30 s of worker
-start-up): `reference_run` is an uninterrupted ZeRO-2 run with a validation
-sample; the other runs are compared with it.
+start-up): `reference_run` (fixtures_train.py, shared with the `generate` tests)
+is an uninterrupted ZeRO-2 run with a validation sample; the other runs are
+compared with it.
 """
 
 from __future__ import annotations
@@ -30,15 +31,6 @@ from ltx_ray.train.outputs import LORA_NAME
 from ltx_ray.train.tracking import read_offline_history as history
 
 STEPS = 100  # the spec's minimum number_of_steps
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, tiny_bundle, sample_dataset, ray_cluster):
-    """An uninterrupted ZeRO-2 run in a local folder: (job, result JSON, storage root)."""
-    runs = tmp_path_factory.mktemp("runs")
-    job = tiny_job(tiny_bundle, sample_dataset, str(runs), "reference", "train.checkpoint_every=25",
-                   validation=True)
-    return job, run_job(job), runs
 
 
 def _lora_params(path: str) -> int:

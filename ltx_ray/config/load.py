@@ -42,11 +42,14 @@ _URL_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@]+@", re.IGNORECASE)
 REDACTED = "<redacted>"
 
 
-def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> tuple[JobConfig, list[str]]:
+def load_config(
+    path: str | Path | None, overrides: Sequence[str] = (), *, training: bool = True
+) -> tuple[JobConfig, list[str]]:
     """Build a validated `JobConfig` from a YAML file and `key=value` overrides.
 
     Returns the config and the warnings it produced (snapped frame counts,
-    ...). Raises `ConfigError` listing every problem at once.
+    ...). Raises `ConfigError` listing every problem at once. With
+    `training=False` (`ltx-ray generate`) no training data is required.
     """
     problems: list[Problem] = []
     user = OmegaConf.create()
@@ -72,11 +75,14 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> tuple
     cfg = OmegaConf.structured(JobConfig)
     _merge_leaves(cfg, user, "", problems)
     if OmegaConf.is_missing(cfg.request, "training_data_url"):
-        problems.append(Problem("request.training_data_url", "is required"))
+        if training:
+            problems.append(Problem("request.training_data_url", "is required"))
+        else:
+            cfg.request.training_data_url = ""
     if problems:
         raise ConfigError(problems)
     job: JobConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-    warnings = check_rules(job, problems)
+    warnings = check_rules(job, problems, training=training)
     if problems:
         raise ConfigError(problems)
     _absolutize_local_paths(job)
@@ -174,7 +180,7 @@ def _type_message(exc: OmegaConfBaseException, value: Any) -> str:
     return f"invalid value {value!r} ({msg})"
 
 
-def check_rules(job: JobConfig, problems: list[Problem]) -> list[str]:
+def check_rules(job: JobConfig, problems: list[Problem], *, training: bool = True) -> list[str]:
     """Apply every range, enum and cross-field rule of the spec; snap frame counts in place.
 
     Appends problems to `problems` and returns warnings.
@@ -182,7 +188,7 @@ def check_rules(job: JobConfig, problems: list[Problem]) -> list[str]:
     warnings: list[str] = []
     r = job.request
 
-    if not str(r.training_data_url).strip():
+    if training and not str(r.training_data_url).strip():
         problems.append(Problem("request.training_data_url", "is required"))
 
     for path, (lo, hi) in RULES.items():
@@ -233,59 +239,63 @@ def check_rules(job: JobConfig, problems: list[Problem]) -> list[str]:
 
 def _check_downscale(job: JobConfig, problems: list[Problem]) -> None:
     r = job.request
-    f = r.reference_downscale_factor
+    problems += downscale_problems("request.reference_downscale_factor", r.reference_downscale_factor, {
+        "training": (r.resolution, r.aspect_ratio),
+        "validation": (r.validation_resolution, r.validation_aspect_ratio),
+    })
+
+
+def downscale_problems(where: str, f: int, buckets: dict[str, tuple[str, str]]) -> list[Problem]:
+    """Why reference downscale factor `f` does not fit the (resolution, aspect ratio) `buckets`, by label."""
+    problems: list[Problem] = []
     if not 1 <= f <= 8:
-        return
-    for label, res, ar in (
-        ("training", r.resolution, r.aspect_ratio),
-        ("validation", r.validation_resolution, r.validation_aspect_ratio),
-    ):
+        return problems
+    for label, (res, ar) in buckets.items():
         try:
             w, h = bucket_size(res, ar)
         except KeyError:
             continue  # already reported as an enum error
         if w % f or h % f:
-            problems.append(
-                Problem(
-                    "request.reference_downscale_factor",
-                    f"{f} does not divide the {label} resolution {w}x{h} ({res}, {ar})",
-                )
-            )
+            problems.append(Problem(where, f"{f} does not divide the {label} resolution {w}x{h} ({res}, {ar})"))
         elif (w // f) % SPATIAL_COMPRESSION or (h // f) % SPATIAL_COMPRESSION:
             problems.append(
                 Problem(
-                    "request.reference_downscale_factor",
+                    where,
                     f"{f} turns the {label} resolution {w}x{h} ({res}, {ar}) into "
                     f"{w // f}x{h // f}, which is not divisible by {SPATIAL_COMPRESSION}",
                 )
             )
+    return problems
 
 
 def _check_temporal(job: JobConfig, problems: list[Problem]) -> None:
     r = job.request
-    k = r.reference_temporal_scale_factor
+    problems += temporal_problems("request.reference_temporal_scale_factor", r.reference_temporal_scale_factor, {
+        "number_of_frames": r.number_of_frames,
+        "validation_number_of_frames": r.validation_number_of_frames,
+    })
+
+
+def temporal_problems(where: str, k: int, frame_counts: dict[str, int]) -> list[Problem]:
+    """Why reference temporal factor `k` does not fit the frame counts, by field name."""
+    problems: list[Problem] = []
     if not 1 <= k <= 8:
-        return
-    for name in ("number_of_frames", "validation_number_of_frames"):
-        frames = getattr(r, name)
+        return problems
+    for name, frames in frame_counts.items():
         if not 9 <= frames <= 121:
             continue
         span = frames - 1
         if span % k:
-            problems.append(
-                Problem(
-                    "request.reference_temporal_scale_factor",
-                    f"{k} does not divide ({name} - 1) = {span}",
-                )
-            )
+            problems.append(Problem(where, f"{k} does not divide ({name} - 1) = {span}"))
         elif (span // k) % TEMPORAL_COMPRESSION:
             problems.append(
                 Problem(
-                    "request.reference_temporal_scale_factor",
+                    where,
                     f"with {name}={frames}, ({frames} - 1) / {k} = {span // k} is not a multiple of "
                     f"{TEMPORAL_COMPRESSION}",
                 )
             )
+    return problems
 
 
 def _get(obj: Any, path: str) -> Any:

@@ -122,8 +122,20 @@ class TrainConfig:
     # av2av.yaml validation `interval: 100`, `inference_steps: 30`.
     validation_every: int = 100
     validation_inference_steps: int = 30
-    # Classifier-free guidance of the previews, against `request.validation_negative_prompt`.
-    validation_guidance_scale: float = 3.0
+    # How previews and `ltx-ray generate` guide, as the official validation does (av2av.yaml, with
+    # ltx-core's MultiModalGuider per modality, in x0 space): classifier-free guidance against
+    # `request.validation_negative_prompt` (`video_cfg_scale: 3.0`, `audio_cfg_scale: 7.0`); STG on
+    # `stg_blocks: [28]` of the 48-block model (scaled to the model's depth) at `request.stg_scale`
+    # for both modalities; `guidance_rescale: 0.7`; modality guidance against a pass with the
+    # audio<->video cross-attention skipped (`video/audio_modality_guidance_scale: 3.0`).
+    validation_video_cfg_scale: float = 3.0
+    validation_audio_cfg_scale: float = 7.0
+    validation_stg_block: int = 28
+    validation_guidance_rescale: float = 0.7
+    validation_video_modality_scale: float = 3.0
+    validation_audio_modality_scale: float = 3.0
+    # Run the guidance passes of a step as one batch (faster; that many times the activations).
+    validation_batch_guidance: bool = True
     # Test hook: raise inside the worker loop once, at this step (0 = never).
     fail_at_step: int = 0
 
@@ -185,7 +197,12 @@ RULES: Dict[str, tuple[Any, Any]] = {
     "train.num_checkpoints_to_keep": (1, 100),
     "train.validation_every": (1, 20000),
     "train.validation_inference_steps": (1, 200),
-    "train.validation_guidance_scale": (1.0, 20.0),
+    "train.validation_video_cfg_scale": (1.0, 20.0),
+    "train.validation_audio_cfg_scale": (1.0, 20.0),
+    "train.validation_stg_block": (0, 47),
+    "train.validation_guidance_rescale": (0.0, 1.0),
+    "train.validation_video_modality_scale": (1.0, 20.0),
+    "train.validation_audio_modality_scale": (1.0, 20.0),
 }
 
 ENUMS: Dict[str, tuple] = {

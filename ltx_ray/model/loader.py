@@ -106,11 +106,41 @@ def read_checkpoint_config(checkpoint: str | Path) -> dict[str, Any]:
         raise ModelError(Problem(str(path), f"the 'config' metadata is not valid JSON: {exc}")) from None
 
 
-def load_transformer(checkpoint: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """The audio+video `LTXModel` (velocity prediction), weights under `model.diffusion_model.`."""
+def load_transformer(
+    checkpoint: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    lora: tuple[str | Path, float] | None = None,
+):
+    """The audio+video `LTXModel` (velocity prediction), weights under `model.diffusion_model.`.
+
+    `lora` = (LoRA file, strength): fused into the weights by ltx-core's own LoRA
+    loader (W += strength·B·A), as LTX pipelines apply a LoRA at inference.
+    """
+    from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP, SingleGPUModelBuilder
     from ltx_core.model.transformer.model_configurator import LTXV_MODEL_COMFY_RENAMING_MAP, LTXModelConfigurator
 
-    return _build(checkpoint, LTXModelConfigurator, LTXV_MODEL_COMFY_RENAMING_MAP, "transformer", dtype, device)
+    path = _check_checkpoint(checkpoint, "transformer")
+    builder = SingleGPUModelBuilder(model_class_configurator=LTXModelConfigurator, model_path=str(path),
+                                    model_sd_ops=LTXV_MODEL_COMFY_RENAMING_MAP)
+    if lora is None:
+        return _build_with(builder, path, dtype, torch.device(device), "transformer")
+    builder = builder.lora(str(lora[0]), float(lora[1]), LTXV_LORA_COMFY_RENAMING_MAP)
+    # ltx-core 1.0.0 fuses the adapted weights into `dtype` but leaves the others in the file's dtype.
+    return _build_with(builder, path, dtype, torch.device(device), "transformer").to(dtype)
+
+
+def transformer_linear_shapes(checkpoint: str | Path) -> dict[str, tuple[int, int]]:
+    """(out, in) of every Linear of the checkpoint's transformer, by module name; built on the meta device."""
+    from ltx_core.loader import SingleGPUModelBuilder
+    from ltx_core.model.transformer.model_configurator import LTXV_MODEL_COMFY_RENAMING_MAP, LTXModelConfigurator
+
+    path = _check_checkpoint(checkpoint, "transformer")
+    builder = SingleGPUModelBuilder(model_class_configurator=LTXModelConfigurator, model_path=str(path),
+                                    model_sd_ops=LTXV_MODEL_COMFY_RENAMING_MAP)
+    model = builder.meta_model(builder.model_config(), ())
+    return {n: tuple(m.weight.shape) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
 
 
 def load_transformer_zero3(checkpoint: str | Path, ds_config: dict[str, Any], *, dtype: torch.dtype = torch.float32):

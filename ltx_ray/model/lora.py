@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -135,6 +136,78 @@ def read_lora_metadata(path: str | Path) -> dict[str, str]:
             return dict(f.metadata() or {})
     except (SafetensorError, OSError) as exc:
         raise ModelError(Problem(str(path), f"not a readable LoRA file: {exc}")) from None
+
+
+@dataclass(frozen=True)
+class IcLoraFile:
+    """An av2av IC-LoRA file checked against a checkpoint: its path, metadata and reference factors."""
+
+    path: Path
+    metadata: dict[str, str]
+    reference_downscale_factor: int
+    reference_temporal_scale_factor: int
+
+
+def check_ic_lora(path: str | Path, checkpoint: str | Path) -> IcLoraFile:
+    """Refuse, naming the file, a LoRA that is not an av2av IC-LoRA or whose layers the checkpoint lacks.
+
+    Reads only the LoRA's header and the transformer's shapes (built on the meta
+    device): no weights are loaded. The reference factors come from the metadata,
+    a missing key meaning 1, as the official readers (`read_lora_reference_*`) do.
+    Accepted: our files (`training_type: av2av_ic_lora`) and files without a
+    training type (the official trainer writes none) that adapt video and audio layers.
+    """
+    from ltx_ray.model.loader import transformer_linear_shapes
+
+    path = Path(path)
+    name = str(path)
+    meta = read_lora_metadata(path)
+    kind = meta.get("training_type")
+    if kind is not None and kind != TRAINING_TYPE:
+        raise ModelError(Problem(name, f"is a {kind!r} LoRA, not an av2av IC-LoRA ({TRAINING_TYPE})"))
+    with safe_open(name, framework="pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    layers: dict[str, dict[str, tuple[int, ...]]] = {}
+    for key, shape in shapes.items():
+        match = re.fullmatch(rf"{re.escape(KEY_PREFIX)}(.+)\.(lora_[AB])\.weight", key)
+        if match is None:
+            raise ModelError(Problem(name, f"is not an LTX LoRA file: unexpected key {key!r}"))
+        layers.setdefault(match.group(1), {})[match.group(2)] = shape
+    if not layers:
+        raise ModelError(Problem(name, "is not an LTX LoRA file: it holds no lora_A/lora_B weights"))
+    if kind is None and not any(".audio" in n or "_audio" in n for n in layers):
+        raise ModelError(Problem(name, "is not an av2av IC-LoRA: it adapts no audio layer"))
+    linears = transformer_linear_shapes(checkpoint)
+    misfits = []
+    for layer, pair in sorted(layers.items()):
+        a, b = pair.get("lora_A"), pair.get("lora_B")
+        weight = linears.get(layer)
+        if a is None or b is None:
+            misfits.append(f"{layer} (lora_A or lora_B missing)")
+        elif weight is None:
+            misfits.append(f"{layer} (no such layer in the checkpoint's transformer)")
+        elif len(a) != 2 or len(b) != 2 or a[0] != b[1] or (b[0], a[1]) != weight:
+            misfits.append(f"{layer} (A {a}, B {b} do not fit the weight {weight})")
+    if misfits:
+        more = f" and {len(misfits) - 5} more" if len(misfits) > 5 else ""
+        raise ModelError(Problem(name, f"does not fit the checkpoint {Path(str(checkpoint)).name}: "
+                                       f"{'; '.join(misfits[:5])}{more}"))
+    return IcLoraFile(
+        path=path,
+        metadata=meta,
+        reference_downscale_factor=_factor(meta, "reference_downscale_factor", name),
+        reference_temporal_scale_factor=_factor(meta, "reference_temporal_scale_factor", name),
+    )
+
+
+def _factor(meta: Mapping[str, str], key: str, name: str) -> int:
+    try:
+        value = int(meta.get(key, 1))
+    except ValueError:
+        raise ModelError(Problem(name, f"metadata {key}={meta[key]!r} is not an integer")) from None
+    if not 1 <= value <= 8:
+        raise ModelError(Problem(name, f"metadata {key}={value} is outside 1..8"))
+    return value
 
 
 def _ltx_key(peft_name: str) -> str:

@@ -19,7 +19,7 @@ from ltx_ray.config.schema import JobConfig
 from ltx_ray.data.media import encode_clip
 from ltx_ray.model.encode import decode_audio, decode_video
 from ltx_ray.sample.conditioning import load_validation_set
-from ltx_ray.sample.sampler import TargetShape, sample_av2av
+from ltx_ray.sample.sampler import guidance_from_config, sample_av2av, target_shape
 
 log = logging.getLogger(__name__)
 
@@ -81,27 +81,15 @@ class Previewer:
         return reel
 
     def _sample(self, model, cond, index: int):
-        r, t = self.job.request, self.job.train
-        ref_v, ref_a = cond.ref_video, cond.ref_audio
-        frames = (r.validation_number_of_frames - 1) // 8 + 1
-        from ltx_ray.config.resolution import bucket_size
-
-        width, height = bucket_size(r.validation_resolution, r.validation_aspect_ratio)
-        shape = TargetShape(
-            video_channels=ref_v.shape[1], frames=frames, height=height // 32, width=width // 32,
-            audio_channels=ref_a.shape[1], audio_frames=ref_a.shape[2], mel_bins=ref_a.shape[3],
-        )
+        r = self.job.request
         generator = torch.Generator(device=self.device).manual_seed(self.job.seed + index)
-        blocks = _middle_block(model)
         return sample_av2av(
-            model, cond, shape, generator,
+            model, cond, target_shape(r, cond), generator,
             frame_rate=float(r.validation_frame_rate),
             reference_downscale_factor=r.reference_downscale_factor,
             reference_temporal_scale_factor=r.reference_temporal_scale_factor,
-            steps=t.validation_inference_steps,
-            cfg_scale=t.validation_guidance_scale,
-            stg_scale=r.stg_scale,
-            stg_blocks=blocks,
+            steps=self.job.train.validation_inference_steps,
+            guidance=guidance_from_config(self.job, model),
         )
 
     def _write(self, latents, step: int, out_dir: Path) -> Path:
@@ -116,13 +104,6 @@ class Previewer:
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"validation_step_{step:06d}.mp4"
         return write_reel(path, clips, float(self.job.request.validation_frame_rate), sample_rate)
-
-
-def _middle_block(model) -> list[int]:
-    """STG perturbs the self-attention of the middle transformer block."""
-    blocks = [m for name, m in model.named_modules() if name.endswith("transformer_blocks")]
-    count = len(blocks[0]) if blocks else 1
-    return [count // 2]
 
 
 def local_preview_dir(run: str) -> Path:
