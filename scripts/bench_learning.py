@@ -8,10 +8,10 @@
 
 What it does (all through the product's own commands, nothing mocked):
 1. data: a synthetic audio+video transformation (`ltx_ray.data.learning_pairs`):
-   reference = vertical stripes in two colours + a steady tone; target = the
-   stripes horizontal, both colours inverted + a chord (a fifth above and an
-   octave below instead of the tone). Colours and pitch are drawn per pair;
-   the held-out pairs' colours and pitches are none of the training pairs'.
+   reference = a still frame in one saturated hue + a steady tone; target =
+   horizontal stripes of the complementary colour on black + the tone with its
+   octave below added. Hue and pitch are drawn per
+   pair from two grids; the held-out pairs' lie between the training pairs'.
    Every caption is the same generic text, so only the reference can tell the
    model what to produce. Written with PyAV (`encode_clip`) as a zip archive
    of `_start`/`_end`/`.txt` pairs; the tiny LTX-2.3 bundle with `write_tiny_bundle`.
@@ -62,9 +62,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--resolution", default="low")
     p.add_argument("--aspect", default="1:1", help="1:1: low 512x512 stays a multiple of 32 when halved")
-    p.add_argument("--train-pairs", type=int, default=16)
+    p.add_argument("--train-pairs", type=int, default=32)
     p.add_argument("--held-out", type=int, default=4)
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--warmup", type=int, default=10)
@@ -195,6 +195,9 @@ def main() -> int:
         f"request.reference_temporal_scale_factor={a.temporal}",
         f"request.number_of_steps={a.steps}", f"request.learning_rate={a.lr}", f"request.rank={a.rank}",
         "request.validation=[]",
+        # The spec's scaling rules apply to the validation size too, even without previews.
+        f"request.validation_number_of_frames={frames}", f"request.validation_frame_rate={a.fps}",
+        f"request.validation_resolution={a.resolution}", f"request.validation_aspect_ratio={a.aspect}",
         f"model.lora_include_feed_forward={str(a.feed_forward).lower()}",
         f"cluster.num_workers={a.workers}",
         f"train.warmup_steps={a.warmup}", f"train.lr_scheduler={a.scheduler}",
