@@ -25,6 +25,20 @@ def _parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_)
         c.add_argument("config", help="YAML config file (e.g. conf/default.yaml)")
         c.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. request.rank=64")
+    e = sub.add_parser(
+        "estimate",
+        help="GPU memory per GPU of the config's run (training workers, rank 0's previews, an encoder actor), "
+             "estimated on CPU from the real architecture",
+        description="The transformer's architecture comes from model.checkpoint's safetensors header (read by "
+                    "range, locally or remotely), or from a built-in copy of the LTX-2.3 22B configuration.",
+    )
+    e.add_argument("config", help="YAML config file (e.g. conf/default.yaml)")
+    e.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. cluster.zero_stage=3")
+    e.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    e.add_argument("--exact-depth", action="store_true",
+                   help="run every transformer block (minutes for the 48-block model) instead of two probe depths")
+    e.add_argument("--cpu-attention", action="store_true",
+                   help="count attention as CPU SDPA runs it, not as a GPU's fused kernel holds it")
     g = sub.add_parser(
         "generate",
         help="run a trained av2av IC-LoRA on a reference clip and write the generated mp4 (video + audio)",
@@ -60,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from ltx_ray.config import dump_yaml, load_config
 
     try:
-        job, _warnings = load_config(args.config, args.overrides, training=args.command != "generate")
+        job, _warnings = load_config(args.config, args.overrides, training=args.command not in ("generate", "estimate"))
         if args.command == "validate":
             sys.stdout.write(dump_yaml(job))
             return 0
@@ -73,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
             from ltx_ray.train.driver import run_job
 
             run_job(job)
+            return 0
+        if args.command == "estimate":
+            from ltx_ray.estimate.estimate import as_json, estimate, format_table
+
+            est = estimate(job, exact_depth=args.exact_depth, gpu_attention=not args.cpu_attention)
+            print(as_json(est) if args.json else format_table(est))
             return 0
         if args.command == "generate":
             from ltx_ray.sample.generate import GenerateRequest, generate

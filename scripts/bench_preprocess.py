@@ -23,9 +23,18 @@ side by side in one run on a local Ray instance (2 CPUs):
    discards a disturbed round); every round is printed;
 2. the whole pipeline (decode -> encode -> Parquet) once on a few pairs, with
    the share of worker time per stage;
-3. the peak resident memory of a decode worker over a 10-pair and the 40-pair
+3. against the way peers preprocess (the official trainer: one process, clip
+   after clip): the same `--compare` pairs through the product's whole Ray Data
+   pipeline (`pipeline._run_pipeline`: 1 decode worker + 1 encoder actor on the
+   2 CPUs, decode of one pair overlapping the encoding of the last) and through
+   a plain loop in this process doing the same work with the same functions
+   (read the members out of the archive -> decode + fit -> encode -> write a
+   Parquet file per pair), torch on every core; both include loading the
+   encoders. `--compare-rounds` rounds, each pipeline then loop; the ratio is the
+   median of the rounds';
+4. the peak resident memory of a decode worker over a 10-pair and the 40-pair
    archive (fresh workers each time), and their ratio.
-Last line: `scaling_2v1=<ratio> rss_40v10=<ratio>`.
+Last line: `scaling_2v1=<ratio> pipeline_vs_sequential=<ratio> rss_40v10=<ratio>`.
 """
 
 from __future__ import annotations
@@ -103,6 +112,28 @@ def _copies(archive: Path, copies: int, dest: Path) -> Path:
     return dest
 
 
+def _sequential(job, rows: list[dict], out: Path) -> float:
+    """Seconds for the pipeline's work in one process, pair after pair, with the pipeline's own functions."""
+    import os
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    started = time.perf_counter()
+    encoder = pipeline.Encode(job.model, job.cluster.use_gpu, job.cluster.precision)
+    torch.set_num_threads(os.cpu_count() or 1)  # the actor keeps to its one CPU; a lone process has them all
+    out.mkdir(parents=True, exist_ok=True)
+    for i, row in enumerate(rows):
+        table = pipeline._decode_pair(row, job.request, job.storage, "")
+        batch = {k: np.array(v, dtype=object) for k, v in table.to_pydict().items()}
+        encoded = encoder(batch)
+        assert not encoded["error"][0], encoded["error"][0]
+        pq.write_table(pa.table({k: list(v) for k, v in encoded.items()}), out / f"{i:05d}.parquet")
+    return time.perf_counter() - started
+
+
 def _clips(root: Path, pairs: int):
     return write_sample_dataset(root, pairs, fps=30, seconds=4, width=1280, height=720)
 
@@ -112,6 +143,8 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=40, help="pairs in the larger archive (default 40)")
     parser.add_argument("--copies", type=int, default=3, help="copies of the larger archive timed for scaling (default 3)")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds, each 1 then 2 workers (default 5)")
+    parser.add_argument("--compare", type=int, default=16, help="pairs timed through pipeline and loop (default 16)")
+    parser.add_argument("--compare-rounds", type=int, default=3, help="rounds of pipeline vs loop (default 3)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-prep-"))
     bundle = write_tiny_bundle(tmp / "bundle")
@@ -147,6 +180,20 @@ def main() -> int:
         f"({decode_s / (decode_s + encode_s):.0%}), encode {encode_s:.1f} s ({encode_s / (decode_s + encode_s):.0%})"
     )
 
+    compare_job = _job(archives[args.pairs], bundle, tmp / "runs", 1)
+    compare_rows = _plan(compare_job, archives[args.pairs], tmp / "work-compare")[: args.compare]
+    ratios = []
+    for r in range(args.compare_rounds):
+        t0 = time.perf_counter()
+        cache = pipeline._run_pipeline(compare_job, "bench", f"compare{r}", compare_rows, {})
+        piped = time.perf_counter() - t0
+        assert cache.report["pairs_out"] == len(compare_rows), cache.report
+        looped = _sequential(compare_job, compare_rows, tmp / f"sequential{r}")
+        ratios.append(looped / piped)
+        print(f"round {r + 1}, {len(compare_rows)} pairs decoded, encoded and written: Ray Data pipeline "
+              f"{piped:.1f} s, sequential loop {looped:.1f} s, ratio {ratios[-1]:.2f}", flush=True)
+    versus = statistics.median(ratios)
+
     rss = {}
     for n in (10, args.pairs):
         job = _job(archives[n], bundle, tmp / "runs", 1)
@@ -157,7 +204,7 @@ def main() -> int:
         _, rss[n] = _decode_only(job, _plan(job, archives[n], tmp / f"work{n}"))
         print(f"peak decode-worker RSS, {n} pairs: {rss[n]:.0f} MiB")
     ray.shutdown()
-    print(f"scaling_2v1={scaling:.2f} rss_40v10={rss[args.pairs] / rss[10]:.2f}")
+    print(f"scaling_2v1={scaling:.2f} pipeline_vs_sequential={versus:.2f} rss_40v10={rss[args.pairs] / rss[10]:.2f}")
     return 0
 
 

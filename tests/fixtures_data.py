@@ -11,6 +11,7 @@ second), which lets tests check which source instant a fitted frame shows.
 from __future__ import annotations
 
 import http.server
+import re
 import threading
 import zipfile
 from pathlib import Path
@@ -112,7 +113,8 @@ def sample_dataset(tmp_path_factory):
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Serves `server.files`; paths in `server.fail_first` answer 503 that many times first."""
+    """Serves `server.files` (honouring `Range: bytes=a-b`; `server.served[path]` counts the body bytes sent);
+    paths in `server.fail_first` answer 503 that many times first."""
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
         server = self.server
@@ -124,10 +126,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if body is None:
             self.send_error(404, "not found")
             return
-        self.send_response(200)
+        wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        if wanted:
+            start, end = int(wanted[1]), int(wanted[2] or len(body) - 1)
+            body = body[start:end + 1]
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{start + len(body) - 1}/{len(server.files[self.path])}")
+        else:
+            self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+        server.served[self.path] = server.served.get(self.path, 0) + len(body)
 
     def log_message(self, *args):
         pass
@@ -137,7 +147,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def http_server():
     """A real HTTP server on 127.0.0.1: set `.files[path] = bytes`, `.fail_first[path] = n`; `.url(path)`."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.files, server.fail_first, server.hits = {}, {}, {}
+    server.files, server.fail_first, server.hits, server.served = {}, {}, {}, {}
     server.url = lambda path: f"http://127.0.0.1:{server.server_address[1]}{path}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

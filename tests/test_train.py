@@ -146,6 +146,8 @@ def test_rerunning_the_command_after_the_driver_died_resumes_from_storage(tmp_pa
         f"model.checkpoint={job.model.checkpoint}", f"model.text_encoder={job.model.text_encoder}",
         f"storage.storage_path={runs}", "storage.run_name=driver-restart", "request.validation=[]",
         "cluster.resources_per_worker={CPU: 0.5}", "train.checkpoint_every=20",
+        # Smaller than the estimate of any run: the driver's pre-flight must warn, and the run goes on.
+        "cluster.gpu_memory_gb=0.5",
     ]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
     first = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -166,6 +168,8 @@ def test_rerunning_the_command_after_the_driver_died_resumes_from_storage(tmp_pa
     second = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"resuming from step {saved}" in second.stdout + second.stderr
+    preflight = second.stderr.index("pre-flight: the training worker needs an estimated")
+    assert "0.5 GiB of cluster.gpu_memory_gb=0.5" in second.stderr[preflight:preflight + 400]
     final = json.loads((max((runs / "driver-restart").glob("checkpoint_*/"),
                             key=lambda p: p.name) / "trainer_state.json").read_text())
     assert final["step"] == STEPS

@@ -230,6 +230,8 @@ def check_rules(job: JobConfig, problems: list[Problem], *, training: bool = Tru
     if job.cluster.use_gpu and "GPU" in job.cluster.resources_per_worker:
         if job.cluster.resources_per_worker["GPU"] <= 0:
             problems.append(Problem("cluster.resources_per_worker.GPU", "must be > 0 when use_gpu is true"))
+    if job.cluster.gpu_memory_gb is not None and not 0 < job.cluster.gpu_memory_gb <= 100_000:
+        problems.append(Problem("cluster.gpu_memory_gb", f"must be a positive number of GiB, got {job.cluster.gpu_memory_gb}"))
     if job.storage.run_name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", job.storage.run_name):
         problems.append(
             Problem("storage.run_name", "may contain only letters, digits, '.', '_' and '-' (max 128)")

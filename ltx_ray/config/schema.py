@@ -97,6 +97,9 @@ class ClusterConfig:
     decode_workers: int = 4
     encode_actors: int = 1
     max_failures: int = 3
+    # Memory of one GPU, GiB, for `ltx-ray train`'s pre-flight estimate (unset: the driver's own GPU when it
+    # has one, else no check). The estimate warns, before any GPU is booked, when a run will not fit.
+    gpu_memory_gb: Optional[float] = None
 
 
 @dataclass

@@ -100,7 +100,7 @@ def av2av_loss(
     video latents; `ref_audio`, `audio` audio latents `[B, C, T, M]`;
     `video_context` `[B, L, Dv]`, `audio_context` `[B, L, Da]`, `context_mask` `[B, L]`.
     `generator` draws σ and ε (on the batch's device). Metrics: `video_loss`,
-    `audio_loss` (detached tensors), `sigma_video`, `sigma_audio` (batch means),
+    `audio_loss`, `sigma_video`, `sigma_audio` (batch means; detached tensors),
     `video_tokens`, `audio_tokens` (target tokens per sample).
     """
     video_in, audio_in = av2av_inputs(
@@ -116,8 +116,9 @@ def av2av_loss(
     metrics = {
         "video_loss": video_loss.detach(),
         "audio_loss": audio_loss.detach(),
-        "sigma_video": float(video_in.sigma.mean()),
-        "sigma_audio": float(audio_in.sigma.mean()),
+        # Tensors, not Python numbers: the memory estimator runs this step on fake tensors, which hold no values.
+        "sigma_video": video_in.sigma.mean().detach(),
+        "sigma_audio": audio_in.sigma.mean().detach(),
         "video_tokens": int(video_in.target.shape[1]),
         "audio_tokens": int(audio_in.target.shape[1]),
     }

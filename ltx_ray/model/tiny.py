@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ltx_ray.model.ltx23 import TRANSFORMER_FLAGS
+
 CHECKPOINT_NAME = "ltx-2.3-tiny.safetensors"
 GEMMA_DIR_NAME = "gemma-3-tiny"
 
@@ -32,46 +34,8 @@ GEMMA_DIR_NAME = "gemma-3-tiny"
 TINY_TEXT_MAX_LENGTH = 128
 
 _TRANSFORMER = {
-    "_class_name": "AVTransformer3DModel",
     # Architecture flags: the values of the real LTX-2.3 config (ltx-core checks several of them).
-    "activation_fn": "gelu-approximate",
-    "attention_bias": True,
-    "attention_type": "default",
-    "double_self_attention": False,
-    "dropout": 0.0,
-    "norm_elementwise_affine": False,
-    "norm_eps": 1e-06,
-    "num_embeds_ada_norm": 1000,
-    "num_vector_embeds": None,
-    "only_cross_attention": False,
-    "cross_attention_norm": True,
-    "upcast_attention": False,
-    "use_linear_projection": False,
-    "qk_norm": "rms_norm",
-    "standardization_norm": "rms_norm",
-    "positional_embedding_type": "rope",
-    "positional_embedding_theta": 10000.0,
-    "positional_embedding_max_pos": [20, 2048, 2048],
-    "timestep_scale_multiplier": 1000,
-    "av_ca_timestep_scale_multiplier": 1000.0,
-    "use_audio_video_cross_attention": True,
-    "share_ff": False,
-    "audio_positional_embedding_max_pos": [20],
-    "av_cross_ada_norm": True,
-    "use_embeddings_connector": True,
-    "use_middle_indices_grid": True,
-    "apply_gated_attention": True,
-    "connector_apply_gated_attention": True,
-    "caption_projection_first_linear": False,
-    "caption_projection_second_linear": False,
-    "caption_proj_input_norm": False,
-    "caption_proj_before_connector": True,
-    "cross_attention_adaln": True,
-    "text_encoder_norm_type": "per_token_rms",
-    "rope_type": "split",
-    "frequencies_precision": "float64",
-    "connector_positional_embedding_max_pos": [4096],
-    "connector_num_learnable_registers": 128,
+    **TRANSFORMER_FLAGS,
     # Tiny sizes. Heads are equal for video and audio; context dims equal the inner dims
     # because the text projection happens before the connectors (caption_proj_before_connector).
     "num_layers": 2,
@@ -216,11 +180,14 @@ _WORDS = (
 ).split()
 
 
-def write_tiny_bundle(out_dir: str | Path, seed: int = 0) -> tuple[Path, Path]:
+def write_tiny_bundle(out_dir: str | Path, seed: int = 0, *, transformer: dict | None = None) -> tuple[Path, Path]:
     """Write `<out_dir>/ltx-2.3-tiny.safetensors` and `<out_dir>/gemma-3-tiny/`; return both paths.
 
+    `transformer` overrides entries of the transformer config (e.g. `num_layers`,
+    `attention_head_dim`) for a larger CPU-sized bundle in the same format.
     Deterministic for a given seed; takes a few seconds on a CPU.
     """
+    config = {**TINY_CONFIG, "transformer": {**TINY_CONFIG["transformer"], **(transformer or {})}}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / CHECKPOINT_NAME
@@ -228,14 +195,14 @@ def write_tiny_bundle(out_dir: str | Path, seed: int = 0) -> tuple[Path, Path]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gemma_hidden, gemma_layers = _write_tiny_gemma(gemma_dir)
-        state = _tiny_checkpoint_state(gemma_hidden, gemma_layers)
-    metadata = {"config": json.dumps(TINY_CONFIG), "model_version": "2.3.0-tiny"}
+        state = _tiny_checkpoint_state(config, gemma_hidden, gemma_layers)
+    metadata = {"config": json.dumps(config), "model_version": "2.3.0-tiny"}
     # bf16 like the real file; contiguous because safetensors refuses views.
     save_file({k: v.detach().to(torch.bfloat16).contiguous() for k, v in state.items()}, str(checkpoint), metadata)
     return checkpoint, gemma_dir
 
 
-def _tiny_checkpoint_state(gemma_hidden: int, gemma_layers: int) -> dict[str, torch.Tensor]:
+def _tiny_checkpoint_state(config: dict, gemma_hidden: int, gemma_layers: int) -> dict[str, torch.Tensor]:
     """Every component built by ltx-core's configurators, initialised, under the real key prefixes."""
     from ltx_core.model.audio_vae import (
         AudioDecoderConfigurator,
@@ -248,10 +215,10 @@ def _tiny_checkpoint_state(gemma_hidden: int, gemma_layers: int) -> dict[str, to
     from ltx_ray.model.loader import build_embeddings_processor
 
     state: dict[str, torch.Tensor] = {}
-    transformer = _initialised(LTXModelConfigurator.from_config(TINY_CONFIG))
+    transformer = _initialised(LTXModelConfigurator.from_config(config))
     state.update(_prefixed(transformer.state_dict(), "model.diffusion_model."))
 
-    embeddings = _initialised(build_embeddings_processor(TINY_CONFIG, gemma_hidden, gemma_layers))
+    embeddings = _initialised(build_embeddings_processor(config, gemma_hidden, gemma_layers))
     for key, value in embeddings.state_dict().items():
         key = key.replace("feature_extractor.", "text_embedding_projection.", 1)
         key = key.replace("video_connector.", "model.diffusion_model.video_embeddings_connector.", 1)
@@ -259,15 +226,15 @@ def _tiny_checkpoint_state(gemma_hidden: int, gemma_layers: int) -> dict[str, to
         state[key] = value
 
     # The encoder and decoder of a VAE share one set of latent statistics in the real file.
-    encoder = _initialised(VideoEncoderConfigurator.from_config(TINY_CONFIG))
-    decoder = _initialised(VideoDecoderConfigurator.from_config(TINY_CONFIG))
+    encoder = _initialised(VideoEncoderConfigurator.from_config(config))
+    decoder = _initialised(VideoDecoderConfigurator.from_config(config))
     _add_vae(state, "vae", encoder.state_dict(), decoder.state_dict())
-    audio_encoder = _initialised(AudioEncoderConfigurator.from_config(TINY_CONFIG))
-    audio_decoder = _initialised(AudioDecoderConfigurator.from_config(TINY_CONFIG))
+    audio_encoder = _initialised(AudioEncoderConfigurator.from_config(config))
+    audio_decoder = _initialised(AudioDecoderConfigurator.from_config(config))
     _add_vae(state, "audio_vae", audio_encoder.state_dict(), audio_decoder.state_dict())
 
-    vocoder = _initialised(VocoderConfigurator.from_config(TINY_CONFIG))
-    _set_stft_buffers(vocoder.mel_stft, TINY_CONFIG["vocoder"]["bwe"])
+    vocoder = _initialised(VocoderConfigurator.from_config(config))
+    _set_stft_buffers(vocoder.mel_stft, config["vocoder"]["bwe"])
     state.update(_prefixed(vocoder.state_dict(), "vocoder."))
     return state
 

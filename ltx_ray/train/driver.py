@@ -22,6 +22,7 @@ from ray.train.torch import TorchTrainer
 from ltx_ray.config.load import run_name as derive_run_name
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.data.pipeline import build_latent_cache, publish_debug_dataset
+from ltx_ray.estimate.preflight import preflight
 from ltx_ray.sample.conditioning import check_validation_inputs
 from ltx_ray.storage import resolve_filesystem, storage_uri, upload
 from ltx_ray.train.deepspeed_config import deepspeed_accelerator
@@ -88,6 +89,8 @@ def run_training(job: JobConfig) -> TrainResult:
     run = derive_run_name(job)
     # Refused inputs fail here, before any cluster time is spent.
     check_validation_inputs(job)
+    # Will it fit? Asked before Ray books any GPU (warns; a CPU job without cluster.gpu_memory_gb skips it).
+    preflight(job)
     init_ray(job)
     cache = build_latent_cache(job, run)
     publish_debug_dataset(job, cache, outputs.outputs_uri(job, run, outputs.DEBUG_NAME))

@@ -1,0 +1,1 @@
+"""GPU memory of a run, estimated on CPU from the real architecture (`ltx-ray estimate`)."""

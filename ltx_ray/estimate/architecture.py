@@ -1,0 +1,204 @@
+"""What the estimate is of: the model's architecture (from a checkpoint header) and the step's tensor shapes.
+
+The architecture is the `config` JSON of an LTX-2.3 single-file checkpoint's
+safetensors header: only the first 8 + n bytes of the file are read, locally
+or by ranged reads from `s3://` / `gs://` / `http(s)://` (never the 44 GB
+body). Without a reachable checkpoint the built-in `LTX23_22B_CONFIG` stands in.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import struct
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ltx_ray.config.resolution import (
+    SPATIAL_COMPRESSION,
+    TEMPORAL_COMPRESSION,
+    bucket_size,
+    reference_frames,
+    reference_size,
+)
+from ltx_ray.config.schema import JobConfig, StorageConfig
+from ltx_ray.errors import ModelError, Problem
+from ltx_ray.model.ltx23 import LTX23_22B_CONFIG
+
+BUILTIN_SOURCE = "built-in LTX-2.3 22B configuration (ltx_ray.model.ltx23.LTX23_22B_CONFIG)"
+
+# Padded caption length of the text encoder (ltx_ray.model.loader.load_text_encoder's max_length).
+TEXT_TOKENS = 1024
+# Audio: 16 kHz, mel hop 160, 4x temporal compression in the audio VAE.
+AUDIO_SAMPLE_RATE, MEL_HOP, AUDIO_COMPRESSION = 16000, 160, 4
+
+# Headers larger than this are not a model config (the 22B's is ~1.5 MB with its tensor index).
+_MAX_HEADER = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A checkpoint's `config` and where it came from (a path or URI, or the built-in copy)."""
+
+    config: dict[str, Any]
+    source: str
+
+    @property
+    def transformer(self) -> dict[str, Any]:
+        return self.config["transformer"]
+
+
+def builtin_architecture() -> Architecture:
+    return Architecture(copy.deepcopy(LTX23_22B_CONFIG), BUILTIN_SOURCE)
+
+
+def read_architecture(checkpoint: str | Path, storage: StorageConfig | None = None) -> Architecture:
+    """The `config` of a safetensors header, read by range (only 8 + n bytes) wherever the file lives.
+
+    `storage` gives an S3 endpoint and region (`storage.endpoint_override`). Raises `ModelError` naming the checkpoint when it cannot be reached or is not an LTX-2 checkpoint.
+    """
+    text = str(checkpoint)
+    scheme = text.split("://", 1)[0].lower() if "://" in text else "file"
+    try:
+        if scheme in ("http", "https"):
+            header = _http_header(text)
+        elif scheme in ("s3", "gs", "gcs"):
+            from ltx_ray.storage import resolve_filesystem
+
+            fs, path = resolve_filesystem(text, storage)
+            with fs.open_input_file(path) as f:
+                header = _read_header(f.read, text)
+        else:
+            path = Path(text.removeprefix("file://")).expanduser()
+            with open(path, "rb") as f:
+                header = _read_header(f.read, text)
+    except ModelError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ModelError(Problem(text, f"cannot read the checkpoint's header: {exc}")) from None
+    meta = header.get("__metadata__") or {}
+    if "config" not in meta:
+        raise ModelError(Problem(text, "no 'config' entry in the safetensors metadata: not an LTX-2 single-file checkpoint"))
+    try:
+        config = json.loads(meta["config"])
+    except json.JSONDecodeError as exc:
+        raise ModelError(Problem(text, f"the 'config' metadata is not valid JSON: {exc}")) from None
+    if "transformer" not in config:
+        raise ModelError(Problem(text, "the 'config' metadata has no 'transformer' section"))
+    return Architecture(config, text)
+
+
+def architecture_for(job: JobConfig) -> tuple[Architecture, str | None]:
+    """The job checkpoint's architecture, or the built-in one and why the checkpoint was not read.
+
+    A checkpoint that cannot be reached (no such local file, no network) gives
+    the built-in architecture; a local file that is not an LTX-2 checkpoint is
+    the user's error (`ModelError`, exit 2).
+    """
+    text = str(job.model.checkpoint)
+    local = "://" not in text or text.startswith("file://")
+    if local and not Path(text.removeprefix("file://")).expanduser().is_file():
+        return builtin_architecture(), f"{text}: no such file"
+    try:
+        return read_architecture(text, job.storage), None
+    except ModelError as exc:
+        if local:
+            raise
+        reason = str(exc)
+        return builtin_architecture(), reason if len(reason) <= 200 else reason[:197] + "..."
+
+
+def _read_header(read, name: str) -> dict[str, Any]:
+    raw = read(8)
+    if len(raw) != 8:
+        raise ModelError(Problem(name, "not a safetensors file (shorter than its 8-byte header length)"))
+    (length,) = struct.unpack("<Q", raw)
+    if length > _MAX_HEADER:
+        raise ModelError(Problem(name, f"not a safetensors file (header length {length} bytes)"))
+    body = read(length)
+    if len(body) != length:
+        raise ModelError(Problem(name, "the safetensors header is cut short"))
+    return json.loads(body)
+
+
+def _http_header(url: str) -> dict[str, Any]:
+    """Two ranged GETs: the 8-byte length, then the header itself."""
+    def ranged(start: int, end: int) -> bytes:
+        request = urllib.request.Request(url, headers={"Range": f"bytes={start}-{end}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            data = response.read(end - start + 1)
+            if response.status != 206 and start > 0:
+                raise OSError(f"the server ignored the byte range (HTTP {response.status})")
+            return data
+
+    first = ranged(0, 7)
+    (length,) = struct.unpack("<Q", first[:8]) if len(first) >= 8 else (None,)
+    if length is None or length > _MAX_HEADER:
+        raise ModelError(Problem(url, "not a safetensors file"))
+    return json.loads(ranged(8, 8 + length - 1))
+
+
+# --- the step's shapes -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepShapes:
+    """Latent shapes of one sample (no batch dimension) and its token counts."""
+
+    video: tuple[int, int, int, int]  # C, F, H, W (latent)
+    ref_video: tuple[int, int, int, int]
+    audio: tuple[int, int, int]  # C, T, M
+    ref_audio: tuple[int, int, int]
+    text_tokens: int
+    pixels: tuple[int, int, int]  # frames, height, width of the target clip
+    ref_pixels: tuple[int, int, int]
+
+    @property
+    def tokens(self) -> dict[str, int]:
+        video = self.video[1] * self.video[2] * self.video[3]
+        ref = self.ref_video[1] * self.ref_video[2] * self.ref_video[3]
+        return {"video": video, "reference_video": ref, "audio": self.audio[1], "reference_audio": self.ref_audio[1],
+                "text": self.text_tokens}
+
+
+def audio_latent_frames(frames: int, frame_rate: float) -> int:
+    """Audio latent frames of `frames` video frames: mel frames (hop 160, one more) / 4, rounded up."""
+    samples = round(frames / frame_rate * AUDIO_SAMPLE_RATE)
+    return math.ceil((samples // MEL_HOP + 1) / AUDIO_COMPRESSION)
+
+
+def step_shapes(arch: Architecture, *, resolution: str, aspect_ratio: str, frames: int, frame_rate: float,
+                downscale: int = 1, temporal: int = 1) -> StepShapes:
+    """Shapes of a training or preview sample at this size, with its reference at the reference factors."""
+    width, height = bucket_size(resolution, aspect_ratio)
+    ref_w, ref_h = reference_size(width, height, downscale)
+    ref_f = reference_frames(frames, temporal)
+    t = arch.transformer
+    channels = t.get("in_channels", 128)
+    dd = arch.config.get("audio_vae", {}).get("model", {}).get("params", {}).get("ddconfig", {})
+    mel = dd.get("mel_bins", 64) // AUDIO_COMPRESSION
+    audio_channels = t.get("audio_in_channels", 128) // mel
+
+    def latent(f: int, h: int, w: int) -> tuple[int, int, int, int]:
+        return channels, (f - 1) // TEMPORAL_COMPRESSION + 1, h // SPATIAL_COMPRESSION, w // SPATIAL_COMPRESSION
+
+    audio = (audio_channels, audio_latent_frames(frames, frame_rate), mel)
+    return StepShapes(latent(frames, height, width), latent(ref_f, ref_h, ref_w), audio, audio, TEXT_TOKENS,
+                      (frames, height, width), (ref_f, ref_h, ref_w))
+
+
+def training_shapes(job: JobConfig, arch: Architecture) -> StepShapes:
+    r = job.request
+    return step_shapes(arch, resolution=r.resolution, aspect_ratio=r.aspect_ratio, frames=r.number_of_frames,
+                       frame_rate=r.frame_rate, downscale=r.reference_downscale_factor,
+                       temporal=r.reference_temporal_scale_factor)
+
+
+def preview_shapes(job: JobConfig, arch: Architecture) -> StepShapes:
+    r = job.request
+    return step_shapes(arch, resolution=r.validation_resolution, aspect_ratio=r.validation_aspect_ratio,
+                       frames=r.validation_number_of_frames, frame_rate=r.validation_frame_rate,
+                       downscale=r.reference_downscale_factor, temporal=r.reference_temporal_scale_factor)

@@ -1,0 +1,303 @@
+"""`ltx-ray estimate`: GPU memory of a run, per GPU, before any GPU is booked.
+
+What is measured and what is laid out by rule:
+
+- measured (`memory.py`, fake tensors): one training micro-step of ltx-core's
+  transformer with our LoRA (activations, temporaries, inputs), one preview
+  step (all guidance passes as one batch), the VAE encoders on one pair.
+  The transformer's blocks are identical, so a step's memory is affine in the
+  number of blocks: it is measured at two depths (`PROBE_DEPTHS`, same widths)
+  and extended to the model's depth; `exact_depth=True` runs every block instead
+  (minutes for the 48-block model; a test checks the two agree).
+- laid out by rule: parameters, gradients and optimizer state as DeepSpeed ZeRO
+  holds them per GPU (`zero_layout`), from the exact parameter counts of the
+  model built on the meta device; the Gemma-3 text encoder's weights from its
+  `config.json` and its forward from its sizes.
+- allowed for, not modelled: the CUDA context and kernels, cuBLAS workspaces,
+  NCCL buffers (`FIXED_ALLOWANCE`) and the caching allocator's fragmentation
+  (`FRAGMENTATION` of the modelled peak).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ltx_ray.config.schema import JobConfig
+from ltx_ray.estimate import memory
+from ltx_ray.estimate.architecture import (
+    Architecture,
+    architecture_for,
+    preview_shapes,
+    training_shapes,
+)
+
+GIB = 2**30
+# Depths the step is measured at before extending it to the model's depth.
+PROBE_DEPTHS = (4, 8)
+# DeepSpeed ZeRO defaults we do not override (deepspeed/runtime/zero/config.py): elements per gradient
+# reduction bucket — allocated in full whenever `contiguous_gradients` is on, twice with `overlap_comm`
+# (stage_1_and_2.setup_buckets) — and ZeRO-3's prefetch and live-parameter limits.
+REDUCE_BUCKET_ELEMENTS = 500_000_000
+PREFETCH_BUCKET_ELEMENTS = 50_000_000
+MAX_LIVE_PARAMETERS = 1_000_000_000
+# Per GPU: CUDA context + kernels (~0.5-1 GiB), cuBLAS workspaces, NCCL communicators (~0.3 GiB) ...
+FIXED_ALLOWANCE = 1.5 * GIB
+# ... and the caching allocator's fragmentation, as a share of the modelled peak.
+FRAGMENTATION = 0.05
+
+
+@dataclass
+class GpuUse:
+    """One GPU user's memory (bytes) by kind, the allowance added, and the total to compare with a GPU."""
+
+    name: str
+    kinds: dict[str, int]
+    allowance: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def modelled(self) -> int:
+        return sum(self.kinds.values())
+
+    @property
+    def total(self) -> int:
+        return self.modelled + self.allowance
+
+
+@dataclass
+class Estimate:
+    """Everything `ltx-ray estimate` reports."""
+
+    architecture: str
+    architecture_note: str | None
+    counts: dict[str, int]
+    tokens: dict[str, int]
+    preview_tokens: dict[str, int]
+    settings: dict[str, Any]
+    uses: list[GpuUse]
+    # The training worker's total under other ZeRO stages, gradient checkpointing and world sizes.
+    alternatives: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def peak(self) -> int:
+        return max(u.total for u in self.uses)
+
+    def use(self, name: str) -> GpuUse:
+        return next(u for u in self.uses if u.name == name)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for u, data in zip(self.uses, out["uses"]):
+            data["modelled"], data["total"] = u.modelled, u.total
+        out["peak"] = self.peak
+        return out
+
+
+def _dtype(job: JobConfig) -> torch.dtype:
+    return torch.bfloat16 if job.cluster.precision == "bf16" else torch.float32
+
+
+def with_depth(arch: Architecture, blocks: int) -> Architecture:
+    config = copy.deepcopy(arch.config)
+    config["transformer"]["num_layers"] = blocks
+    return Architecture(config, arch.source)
+
+
+def at_depth(measure, arch: Architecture, blocks: int, *, exact: bool = False) -> memory.Measured:
+    """`measure(arch)` at the model's depth `blocks`: run at two probe depths and extended (affine in the
+    block count), or run at full depth when `exact` or when the probes' peaks fall in different phases."""
+    d1, d2 = PROBE_DEPTHS
+    if exact or blocks <= d2:
+        return measure(with_depth(arch, blocks))
+    a, b = measure(with_depth(arch, d1)), measure(with_depth(arch, d2))
+    if a.peak_phase != b.peak_phase:
+        return measure(with_depth(arch, blocks))
+    scale = (blocks - d2) / (d2 - d1)
+    kinds = {k: round(b.kinds[k] + (b.kinds[k] - a.kinds[k]) * scale) for k in b.kinds}
+    return memory.Measured(
+        peak=sum(kinds.values()), kinds=kinds, seconds=a.seconds + b.seconds, peak_phase=b.peak_phase,
+        parameters=round(b.parameters + (b.parameters - a.parameters) * scale),
+        trainable=round(b.trainable + (b.trainable - a.trainable) * scale),
+        lora_layers=round(b.lora_layers + (b.lora_layers - a.lora_layers) * scale),
+        notes=[f"measured at {d1} and {d2} blocks, extended to {blocks}"],
+    )
+
+
+def zero_layout(counts: dict[str, int], *, stage: int, world: int, element_bytes: int,
+                overlap_comm: bool) -> dict[str, int]:
+    """Parameters, gradients and optimizer state per GPU as DeepSpeed ZeRO `stage` holds them.
+
+    Both stages: the LoRA's fp32 master copy and AdamW's two fp32 moments are
+    split over the `world` ranks, and so are the reduced gradients (model dtype,
+    plus their fp32 copy during the step); the gradient reduction buckets are
+    whole on every rank. Stage 2 keeps the base model and the LoRA whole on
+    every rank; stage 3 splits them too and gathers a working set (the block in
+    use plus the prefetch bucket, at most `MAX_LIVE_PARAMETERS`).
+    """
+    base, lora = counts["base_parameters"], counts["trainable_parameters"]
+    buckets = (2 if overlap_comm and stage == 2 else 1) * REDUCE_BUCKET_ELEMENTS * element_bytes
+    if stage == 2:
+        params = (base + lora) * element_bytes
+    else:
+        working = min(MAX_LIVE_PARAMETERS, counts["block_parameters"] + PREFETCH_BUCKET_ELEMENTS)
+        params = -(-(base + lora) // world) * element_bytes + working * element_bytes
+    share = -(-lora // world)
+    return {
+        "parameters": params,
+        "gradients": buckets + share * (element_bytes + 4),
+        "optimizer state": share * (4 + 8),
+    }
+
+
+def _allowance(modelled: int) -> int:
+    return int(FIXED_ALLOWANCE + FRAGMENTATION * modelled)
+
+
+def _gemma_use(job: JobConfig, arch: Architecture, shapes, element_bytes: int) -> tuple[dict[str, int], list[str]]:
+    """The Gemma-3 text encoder + our connectors on the encoder actor: weights counted on the meta device,
+    the forward of one padded caption from its sizes (every hidden state is kept; one layer's working set)."""
+    from ltx_ray.estimate.architecture import TEXT_TOKENS
+    from ltx_ray.estimate.text_encoder import gemma_config, gemma_parameters
+    from ltx_ray.model.loader import build_embeddings_processor
+
+    config, source = gemma_config(job.model.text_encoder)
+    text = getattr(config, "text_config", config)
+    with torch.device("meta"):
+        connectors = sum(p.numel() for p in build_embeddings_processor(
+            arch.config, text.hidden_size, text.num_hidden_layers).parameters())
+    weights = (gemma_parameters(config) + connectors) * element_bytes
+    hidden = (text.num_hidden_layers + 1) * TEXT_TOKENS * text.hidden_size * element_bytes
+    layer = TEXT_TOKENS * (3 * text.intermediate_size + 4 * text.hidden_size) * element_bytes
+    return {"parameters": weights, "activations": hidden, "temporaries": layer}, [f"Gemma-3 sizes from {source}"]
+
+
+def _training_use(counts, step: memory.Measured, *, stage: int, world: int, element_bytes: int,
+                  overlap_comm: bool) -> GpuUse:
+    layout = zero_layout(counts, stage=stage, world=world, element_bytes=element_bytes, overlap_comm=overlap_comm)
+    kinds = {**layout, **{k: step.kinds[k] for k in ("activations", "temporaries", "inputs")}}
+    return GpuUse("training worker", kinds, _allowance(sum(kinds.values())), list(step.notes))
+
+
+def estimate(job: JobConfig, *, exact_depth: bool = False, gpu_attention: bool = True,
+             alternatives: bool = True) -> Estimate:
+    """The per-GPU memory of the job's training workers, its rank 0 while previewing, and an encoder actor."""
+    import time
+
+    from ltx_ray.sample.sampler import guidance_from_config
+
+    started = time.perf_counter()
+    arch, note = architecture_for(job)
+    r, c, m = job.request, job.cluster, job.model
+    dtype = _dtype(job)
+    element_bytes = torch.finfo(dtype).bits // 8
+    counts = memory.model_counts(arch, lora_rank=r.rank, lora_targets=m.lora_targets,
+                                 include_feed_forward=m.lora_include_feed_forward)
+    blocks = counts["blocks"]
+    shapes = training_shapes(job, arch)
+    lora = dict(lora_rank=r.rank, lora_targets=m.lora_targets, include_feed_forward=m.lora_include_feed_forward,
+                dtype=dtype, downscale=r.reference_downscale_factor, temporal=r.reference_temporal_scale_factor,
+                gpu_attention=gpu_attention)
+    def training_step(gradient_checkpointing: bool) -> memory.Measured:
+        return at_depth(lambda a: memory.training_step(
+            a, shapes, micro_batch=c.micro_batch_size, gradient_checkpointing=gradient_checkpointing,
+            frame_rate=float(r.frame_rate), weight_decay=job.train.weight_decay, **lora), arch, blocks,
+            exact=exact_depth)
+
+    steps = {c.gradient_checkpointing: training_step(c.gradient_checkpointing)}
+    layout = zero_layout(counts, stage=c.zero_stage, world=c.num_workers, element_bytes=element_bytes,
+                         overlap_comm=c.use_gpu)
+    uses = [_training_use(counts, steps[c.gradient_checkpointing], stage=c.zero_stage, world=c.num_workers,
+                          element_bytes=element_bytes, overlap_comm=c.use_gpu)]
+    others = []
+    if alternatives:
+        steps[not c.gradient_checkpointing] = training_step(not c.gradient_checkpointing)
+        for gc in (True, False):
+            for stage in (2, 3):
+                for world in ((c.num_workers,) if stage == 2 else (c.num_workers, 2 * c.num_workers,
+                                                                    4 * c.num_workers)):
+                    use = _training_use(counts, steps[gc], stage=stage, world=world, element_bytes=element_bytes,
+                                        overlap_comm=c.use_gpu)
+                    others.append({"zero_stage": stage, "gradient_checkpointing": gc, "num_workers": world,
+                                   "peak": use.total})
+
+    with torch.device("meta"):
+        depth_probe = memory.build_transformer(with_depth(arch, 1), dtype=dtype)
+    guidance = guidance_from_config(job, depth_probe)
+    passes = len(guidance.passes) if guidance.batched else 1
+    pshapes = preview_shapes(job, arch)
+    if r.validation:
+        preview = at_depth(lambda a: memory.preview_step(
+            a, pshapes, passes=passes, frame_rate=float(r.validation_frame_rate), **lora), arch, blocks,
+            exact=exact_depth)
+        resident = dict(layout)
+        resident["gradients"] = -(-counts["trainable_parameters"] // c.num_workers) * element_bytes
+        kinds = {**resident, **{k: preview.kinds[k] for k in ("activations", "temporaries", "inputs")}}
+        uses.append(GpuUse("previewing rank 0", kinds, _allowance(sum(kinds.values())),
+                           [f"{passes} guidance pass(es) per step as one batch"] + preview.notes))
+
+    encoders = memory.encoder_step(arch, shapes, dtype=dtype)
+    gemma, gemma_notes = _gemma_use(job, arch, shapes, element_bytes)
+    enc = {k: encoders.kinds.get(k, 0) + gemma.get(k, 0) for k in ("parameters", "activations", "temporaries",
+                                                                    "inputs")}
+    uses.append(GpuUse("encoder actor", enc, _allowance(sum(enc.values())),
+                       ["VAE encoders on one pair (measured) + Gemma-3 and connectors"] + gemma_notes))
+
+    return Estimate(
+        architecture=arch.source, architecture_note=note,
+        counts={**counts, "lora_layers": counts["lora_layers"]},
+        tokens=shapes.tokens, preview_tokens=pshapes.tokens,
+        settings={"zero_stage": c.zero_stage, "world_size": c.num_workers, "micro_batch_size": c.micro_batch_size,
+                  "gradient_checkpointing": c.gradient_checkpointing, "precision": c.precision,
+                  "gpu_attention": gpu_attention, "rank": r.rank},
+        uses=uses, alternatives=others, seconds=time.perf_counter() - started,
+    )
+
+
+def format_table(est: Estimate) -> str:
+    """The estimate as a person reads it: GiB per GPU by kind for each GPU user, then the peak."""
+    s = est.settings
+    lines = [f"architecture: {est.architecture}"]
+    if est.architecture_note:
+        lines.append(f"  (checkpoint header not read: {est.architecture_note})")
+    c = est.counts
+    lines += [
+        f"transformer: {c['base_parameters'] / 1e9:.2f} B base parameters in {c['blocks']} blocks; LoRA rank "
+        f"{s['rank']}: {c['trainable_parameters'] / 1e6:.1f} M trainable in {c['lora_layers']} layers",
+        "tokens per sample: " + ", ".join(f"{k} {v:,}" for k, v in est.tokens.items())
+        + "; previews: " + ", ".join(f"{k} {v:,}" for k, v in est.preview_tokens.items() if k != "text"),
+        f"ZeRO-{s['zero_stage']} over {s['world_size']} GPU(s), micro-batch {s['micro_batch_size']}, "
+        f"gradient checkpointing {'on' if s['gradient_checkpointing'] else 'off'}, {s['precision']}, "
+        f"attention {'as a GPU fused kernel holds it' if s['gpu_attention'] else 'as CPU SDPA runs it'}",
+        "",
+    ]
+    kinds = list(dict.fromkeys(k for u in est.uses for k in u.kinds))
+    names = [u.name for u in est.uses]
+    width = max(16, *(len(n) + 2 for n in names))
+    lines.append(f"{'GiB per GPU':<18}" + "".join(f"{n:>{width}}" for n in names))
+    for k in kinds:
+        lines.append(f"{k:<18}" + "".join(f"{u.kinds.get(k, 0) / GIB:>{width}.2f}" for u in est.uses))
+    lines.append(f"{'allowance':<18}" + "".join(f"{u.allowance / GIB:>{width}.2f}" for u in est.uses))
+    lines.append(f"{'peak':<18}" + "".join(f"{u.total / GIB:>{width}.2f}" for u in est.uses))
+    lines.append("")
+    for u in est.uses:
+        for n in u.notes:
+            lines.append(f"{u.name}: {n}")
+    if est.alternatives:
+        lines.append("training worker under other settings (GiB per GPU):")
+        for a in est.alternatives:
+            lines.append(f"  ZeRO-{a['zero_stage']}, gradient checkpointing {'on ' if a['gradient_checkpointing'] else 'off'}"
+                         f", {a['num_workers']:>4} workers: {a['peak'] / GIB:7.2f}")
+    lines.append(f"allowance: {FIXED_ALLOWANCE / GIB:.1f} GiB (CUDA context, cuBLAS, NCCL) + "
+                 f"{FRAGMENTATION:.0%} of the modelled peak (allocator fragmentation)")
+    lines.append(f"peak per GPU: {est.peak / GIB:.2f} GiB  (estimated in {est.seconds:.0f} s)")
+    return "\n".join(lines)
+
+
+def as_json(est: Estimate) -> str:
+    return json.dumps(est.to_json(), indent=2)

@@ -1,0 +1,43 @@
+"""The Gemma-3 text encoder's sizes for the estimate: its directory's `config.json`, or ltx-core's copy."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def gemma_config(text_encoder: str):
+    """(transformers config, where it came from): `<dir>/config.json` read locally or from s3://, gs://
+    (that one file only), else ltx-core's `GEMMA3_CONFIG_FOR_LTX` (the 12B Gemma-3 LTX-2.3 uses)."""
+    from transformers import AutoConfig, Gemma3Config
+
+    text = str(text_encoder)
+    try:
+        if "://" in text and not text.startswith("file://"):
+            from ltx_ray.storage import resolve_filesystem
+
+            fs, path = resolve_filesystem(text.rstrip("/") + "/config.json")
+            with fs.open_input_file(path) as f, tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / "config.json").write_bytes(f.read())
+                return AutoConfig.from_pretrained(tmp, local_files_only=True), f"{text}/config.json"
+        directory = Path(text.removeprefix("file://")).expanduser()
+        if (directory / "config.json").is_file():
+            return AutoConfig.from_pretrained(str(directory), local_files_only=True), str(directory / "config.json")
+    except (OSError, ValueError):
+        pass
+    from ltx_core.text_encoders.gemma.config import GEMMA3_CONFIG_FOR_LTX
+
+    return (Gemma3Config.from_dict(GEMMA3_CONFIG_FOR_LTX.to_dict()),
+            "ltx-core's GEMMA3_CONFIG_FOR_LTX (Gemma-3 12B; the text_encoder directory was not readable)")
+
+
+def gemma_parameters(config) -> int:
+    """Parameter count of the Gemma-3 model `config` describes, built on the meta device."""
+    from transformers import Gemma3ForCausalLM, Gemma3ForConditionalGeneration
+
+    model_class = Gemma3ForConditionalGeneration if config.model_type == "gemma3" else Gemma3ForCausalLM
+    with torch.device("meta"):
+        model = model_class._from_config(config)
+    return sum(p.numel() for p in model.parameters())
