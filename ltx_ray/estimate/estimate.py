@@ -250,7 +250,7 @@ def estimate(job: JobConfig, *, exact_depth: bool = False, gpu_attention: bool =
 
     return Estimate(
         architecture=arch.source, architecture_note=note,
-        counts={**counts, "lora_layers": counts["lora_layers"]},
+        counts=counts,
         tokens=shapes.tokens, preview_tokens=pshapes.tokens,
         settings={"zero_stage": c.zero_stage, "world_size": c.num_workers, "micro_batch_size": c.micro_batch_size,
                   "gradient_checkpointing": c.gradient_checkpointing, "precision": c.precision,
