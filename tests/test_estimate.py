@@ -87,13 +87,28 @@ def test_fake_step_peak_is_within_10_percent_of_the_same_step_run_for_real(which
     shapes = step_shapes(arch, resolution="low", aspect_ratio="1:1", frames=9, frame_rate=8, downscale=2)
     common = dict(lora_rank=8, dtype=torch.float32, gradient_checkpointing=gradient_checkpointing, downscale=2,
                   frame_rate=8.0, gpu_attention=False)
+    real = memory.training_step(arch, shapes, fake=False, **common)  # real first: nothing fake cached yet
     fake = memory.training_step(arch, shapes, fake=True, **common)
-    real = memory.training_step(arch, shapes, fake=False, **common)
     assert abs(fake.peak / real.peak - 1) <= 0.10, (fake.peak, real.peak)
     assert fake.trainable == real.trainable > 0
     assert fake.kinds["parameters"] == real.kinds["parameters"] > 0
     # AdamW's two fp32 moments per trainable element and a float32 step count per tensor (A and B per layer).
     assert fake.kinds["optimizer state"] == 2 * 4 * fake.trainable + 4 * 2 * fake.lora_layers
+
+
+def test_a_fake_step_leaves_no_fake_tensor_behind(tiny_bundle):
+    """ltx-core caches RoPE grids; one made under fake mode must not reach a later real forward."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    from ltx_ray.model.objective import av2av_loss
+
+    arch = read_architecture(tiny_bundle.checkpoint)
+    shapes = step_shapes(arch, resolution="low", aspect_ratio="1:1", frames=9, frame_rate=8)
+    memory.training_step(arch, shapes, lora_rank=8, fake=True)
+    model = memory.build_transformer(arch, dtype=torch.float32, lora_rank=8)
+    loss, _ = av2av_loss(model, memory.random_batch(arch, shapes, 1, torch.float32), torch.Generator().manual_seed(0),
+                         frame_rate=8.0)
+    assert type(loss) is torch.Tensor and not isinstance(loss, FakeTensor)
 
 
 def test_two_probe_depths_extend_to_the_full_depth_as_running_every_block_does(larger_bundle):

@@ -89,6 +89,18 @@ def _gpu_attention(enabled: bool):
         torch.nn.functional.scaled_dot_product_attention = original
 
 
+def _clear_ltx_core_caches() -> None:
+    """Empty ltx-core's `lru_cache`s of tensors (the RoPE frequency grids).
+
+    A grid made under fake mode would otherwise be handed to later real calls
+    (and a real one to fake calls), turning their outputs into fake tensors.
+    """
+    from ltx_core.model.transformer import rope
+
+    for fn in (rope.generate_freq_grid_np, rope.generate_freq_grid_pytorch):
+        fn.cache_clear()
+
+
 @contextlib.contextmanager
 def _mode(fake: bool):
     if not fake:
@@ -96,8 +108,12 @@ def _mode(fake: bool):
         return
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    with FakeTensorMode(allow_non_fake_inputs=True):
-        yield
+    _clear_ltx_core_caches()
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            yield
+    finally:
+        _clear_ltx_core_caches()
 
 
 def build_transformer(arch: Architecture, *, dtype: torch.dtype, lora_rank: int | None = None,
