@@ -8,8 +8,11 @@ same objective (`av2av_loss`), micro-batch 1, one CPU thread:
 - the full job's loop: one Ray Train worker running DeepSpeed ZeRO-2
   (step times read from its offline W&B run, where the loop logs every step);
 - a bare single-process loop: PEFT model + torch AdamW + grad clipping.
-Medians skip the first 10 steps (warm-up). Last line:
-`overhead_vs_bare=<ratio> data_stall_share=<fraction>`.
+Medians skip the first 10 steps (warm-up). The job's run checkpoints every
+`--checkpoint-every` steps; `checkpoint_stall_s` is the median time from the
+log of a step that writes a checkpoint to the next step's, less the same for
+steps that write none (the upload itself runs in the background). Last line:
+`overhead_vs_bare=<ratio> data_stall_share=<fraction> checkpoint_stall_s=<seconds>`.
 """
 
 from __future__ import annotations
@@ -52,8 +55,7 @@ def bare_loop(job, samples, steps: int) -> list[float]:
     times = []
     for step in range(steps):
         started = time.perf_counter()
-        idx = batches.sample_indices(len(samples), seed=job.seed, step=step, micro_step=0, rank=0, world_size=1,
-                                     micro_batch_size=1, accumulation_steps=1)
+        idx = batches.sample_indices(len(samples), seed=job.seed, step=step, positions=[0], global_batch_size=1)
         batch = batches.collate(samples, idx, torch.device("cpu"), torch.float32)
         generator = torch.Generator().manual_seed(step)
         loss, _ = av2av_loss(model, batch, generator, frame_rate=float(job.request.frame_rate))
@@ -68,6 +70,7 @@ def bare_loop(job, samples, steps: int) -> list[float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--checkpoint-every", type=int, default=10)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     checkpoint, gemma = write_tiny_bundle(tmp / "bundle")
@@ -79,7 +82,7 @@ def main() -> int:
             f"model.text_encoder={gemma}", f"storage.storage_path={tmp / 'runs'}", "storage.run_name=bench",
             "request.validation=[]", f"request.number_of_steps={args.steps}", "cluster.num_workers=1",
             "cluster.resources_per_worker={CPU: 1}", "cluster.gradient_checkpointing=false",
-            f"train.checkpoint_every={args.steps}",
+            f"train.checkpoint_every={args.checkpoint_every}",
         ],
     )
     ray.init(num_cpus=2, logging_level="ERROR")
@@ -89,6 +92,11 @@ def main() -> int:
                if "step_time" in r]
     ray_steps = [r["step_time"] for r in history][WARMUP:]
     stall = [r["data_time"] / r["step_time"] for r in history][WARMUP:]
+    stamps = {r["_step"]: r["_timestamp"] for r in history}
+    after = {s: stamps[s + 1] - stamps[s] for s in stamps if s + 1 in stamps and s > WARMUP}
+    with_checkpoint = [t for s, t in after.items() if s % args.checkpoint_every == 0]
+    without = [t for s, t in after.items() if s % args.checkpoint_every]
+    checkpoint_stall = statistics.median(with_checkpoint) - statistics.median(without)
 
     cache = build_latent_cache(job, "bench")
     samples = batches.load_samples(cache.dataset().iter_torch_batches(batch_size=16, collate_fn=batches.UnpackLatents()))
@@ -97,7 +105,10 @@ def main() -> int:
 
     ray_median, bare_median = statistics.median(ray_steps), statistics.median(bare)
     print(f"median step: Ray Train + DeepSpeed {ray_median * 1000:.1f} ms, bare PyTorch {bare_median * 1000:.1f} ms")
-    print(f"overhead_vs_bare={ray_median / bare_median:.2f} data_stall_share={statistics.median(stall):.4f}")
+    print(f"{len(with_checkpoint)} steps that checkpoint: {statistics.median(with_checkpoint) * 1000:.0f} ms to the "
+          f"next step's log, others {statistics.median(without) * 1000:.0f} ms")
+    print(f"overhead_vs_bare={ray_median / bare_median:.2f} data_stall_share={statistics.median(stall):.4f} "
+          f"checkpoint_stall_s={checkpoint_stall:.3f}")
     return 0
 
 

@@ -23,6 +23,9 @@ def ray_cluster(tmp_path_factory):
     from ray.cluster_utils import Cluster
 
     os.environ["LTX_RAY_DECODE_LOG"] = str(tmp_path_factory.mktemp("decodes") / "decodes.log")
+    # Ray Train's preemption watcher (in the controller, which inherits the nodes' environment) polls
+    # Ray Core's drain state every 5 s by default; the preemption test's run is shorter than that.
+    os.environ["RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S"] = "0.5"
     # Ray workers inherit the environment of the nodes, which start now: give them the
     # moto server's (fake) credentials, as a cluster's nodes get theirs from instance roles.
     _set_fake_aws_credentials()
@@ -34,12 +37,40 @@ def ray_cluster(tmp_path_factory):
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="WARNING")
     os.environ["RAY_ADDRESS"] = cluster.address
+    _CLUSTERS.append(cluster)
     try:
         yield cluster.address
     finally:
         ray.shutdown()
         cluster.shutdown()
         os.environ.pop("RAY_ADDRESS", None)
+
+
+_CLUSTERS: list = []
+
+
+@pytest.fixture(scope="session")
+def ray_nodes(ray_cluster):
+    """The session cluster's `ray.cluster_utils.Cluster`, for tests that remove and add nodes.
+
+    Such a test must leave it as it found it: a head and one worker node, each with one trainer_slot.
+    """
+    return _CLUSTERS[-1]
+
+
+def drain_for_preemption(node_id: str, deadline_s: float) -> None:
+    """Tell Ray Core that a node is being preempted, as a spot reclaim does (Ray's own tests do the same:
+    `ray._private.test_utils.EC2InstanceTerminatorWithGracePeriod._drain_node`)."""
+    import time
+
+    import ray
+    from ray._private import services
+    from ray.core.generated import autoscaler_pb2
+
+    gcs = ray._raylet.GcsClient(address=services.canonicalize_bootstrap_address_or_die(addr="auto"))
+    accepted, why = gcs.drain_node(node_id, autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"),
+                                   "test: spot reclaim", int(time.time() * 1000 + deadline_s * 1000))
+    assert accepted, f"the drain of node {node_id} was refused: {why}"
 
 
 def _set_fake_aws_credentials() -> None:

@@ -199,6 +199,48 @@ def test_both_manifests_fix_a_storage_run_name_so_a_retry_resumes():
     assert re.search(r"--run-name [A-Za-z0-9][A-Za-z0-9._-]*\b", submit)
 
 
+def _workers_range(words: list[str]) -> tuple[int, int]:
+    """(min, max) of the `cluster.num_workers=` override among command words (an int N is (N, N))."""
+    (value,) = [w.split("=", 1)[1] for w in words if w.startswith("cluster.num_workers=")]
+    n = yaml.safe_load(value)
+    lo, hi = (n, n) if isinstance(n, int) else n
+    assert isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi, value
+    return lo, hi
+
+
+def _gpu_group_and_command(manifest: str) -> tuple[dict, dict, list[str]]:
+    """The manifest's cluster spec, its one GPU worker group, and the command words that start a run."""
+    doc = _ray_doc(CLUSTER / "kuberay" / manifest)
+    if doc["kind"] == "RayJob":
+        cluster, words = doc["spec"]["rayClusterSpec"], shlex.split(doc["spec"]["entrypoint"])
+    else:
+        cluster, words = doc["spec"], shlex.split(doc["metadata"]["annotations"]["ltx-ray/submit"])
+    (group,) = [g for g in cluster["workerGroupSpecs"]
+                if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"]]
+    return cluster, group, words
+
+
+@pytest.mark.parametrize("manifest", ["rayjob.yaml", "raycluster.yaml"])
+def test_gpu_group_replicas_times_gpus_per_pod_match_the_num_workers_range(manifest):
+    cluster, group, words = _gpu_group_and_command(manifest)
+    lo, hi = _workers_range(words)
+    gpus = int(group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+    assert (group["minReplicas"] * gpus, group["maxReplicas"] * gpus) == (lo, hi)
+    assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    if lo < hi:  # elastic: something must move replicas between the bounds
+        assert cluster["enableInTreeAutoscaling"] is True
+        assert cluster["autoscalerOptions"]["version"] == "v2"
+
+
+@pytest.mark.parametrize("manifest", ["rayjob.yaml", "raycluster.yaml"])
+def test_gpu_pods_drain_ray_within_their_grace_period_and_an_ec2_spot_notice(manifest):
+    _, group, _ = _gpu_group_and_command(manifest)
+    pod = group["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0].get("env", [])}
+    drain_s = float(env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"])
+    assert 30 <= drain_s < pod["terminationGracePeriodSeconds"] < 120
+
+
 # --------------------------------------------------------------------------- scripts/submit.sh
 
 
@@ -402,3 +444,25 @@ def test_every_cluster_file_names_the_same_image():
     for path in _kuberay_manifests():
         images.update(re.findall(r"^\s*image: (\S+)$", path.read_text(), re.M))
     assert len(images) == 1, images
+
+
+def _aws_documented_range_and_gpus() -> tuple[tuple[int, int], int]:
+    """The `cluster.num_workers=` of the submit line in aws.yaml's header and its `GPUs per node: N`."""
+    text = AWS.read_text()
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("#") and "'cluster.num_workers=" in ln]
+    (gpus,) = re.findall(r"^\s*# GPUs per node: (\d+)\.", text, re.M)
+    return _workers_range(shlex.split(line.lstrip("# "))), int(gpus)
+
+
+def test_aws_gpu_node_type_min_max_workers_match_the_documented_num_workers_range():
+    config = yaml.safe_load(AWS.read_text())
+    (lo, hi), gpus = _aws_documented_range_and_gpus()
+    (worker,) = [t for name, t in config["available_node_types"].items() if name != config["head_node_type"]]
+    assert (worker["min_workers"] * gpus, worker["max_workers"] * gpus) == (lo, hi)
+    assert config["max_workers"] >= worker["max_workers"]
+
+
+def test_every_cluster_file_documents_the_same_num_workers_range():
+    ranges = {_workers_range(_gpu_group_and_command(m)[2]) for m in ("rayjob.yaml", "raycluster.yaml")}
+    ranges.add(_aws_documented_range_and_gpus()[0])
+    assert len(ranges) == 1, ranges

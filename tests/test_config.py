@@ -347,3 +347,40 @@ def test_cli_validate_rejects_temporal_factor_2_with_exit_2_naming_the_field():
 def test_cli_validate_missing_file_exits_2():
     res = _cli("validate", "no/such/config.yaml")
     assert res.returncode == 2 and "not found" in res.stderr
+
+
+def test_num_workers_takes_an_int_or_a_min_max_range_and_the_global_batch_defaults_to_max_workers():
+    job, _ = load_config(ROOT / "conf" / "demo.yaml", ["cluster.num_workers=[1, 2]", "cluster.micro_batch_size=2",
+                                                       "cluster.gradient_accumulation_steps=3"])
+    c = job.cluster
+    assert (c.min_workers, c.max_workers, c.elastic) == (1, 2, True)
+    assert c.global_batch_size == 2 * 3 * 2
+    assert (c.accumulation_steps(1), c.accumulation_steps(2)) == (6, 3)
+    fixed, _ = load_config(ROOT / "conf" / "demo.yaml", ["cluster.num_workers=[2, 2]"])
+    assert fixed.cluster.num_workers == 2 and not fixed.cluster.elastic
+
+
+def test_a_worker_range_that_cannot_split_the_global_batch_is_refused_naming_the_field_and_what_works():
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "conf" / "demo.yaml", ["cluster.num_workers=[2, 4]", "cluster.global_batch_size=8"])
+    (problem,) = err.value.problems
+    assert problem.where == "cluster.global_batch_size"
+    assert "over 3 worker(s)" in problem.message
+    assert "Worker counts that divide it: 2, 4" in problem.message and "multiples of 12" in problem.message
+    job, _ = load_config(ROOT / "conf" / "demo.yaml", ["cluster.num_workers=[2, 4]", "cluster.global_batch_size=24"])
+    assert job.cluster.accumulation_steps(3) == 8
+
+
+@pytest.mark.parametrize("bad", ["[3, 2]", "[0, 2]", "'many'", "[1, 2, 3]"])
+def test_malformed_num_workers_is_refused(bad):
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "conf" / "demo.yaml", [f"cluster.num_workers={bad}"])
+    assert [p.where for p in err.value.problems] == ["cluster.num_workers"]
+
+
+def test_validate_exits_2_on_an_impossible_worker_range():
+    out = subprocess.run([sys.executable, "-m", "ltx_ray", "validate", str(ROOT / "conf" / "demo.yaml"),
+                          "cluster.num_workers=[3, 4]", "cluster.global_batch_size=6"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2
+    assert "cluster.global_batch_size: 6 samples per step cannot be split evenly over 4 worker(s)" in out.stderr

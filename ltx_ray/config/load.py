@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import logging
 import os
 import re
@@ -226,6 +227,7 @@ def check_rules(job: JobConfig, problems: list[Problem], *, training: bool = Tru
 
     _check_downscale(job, problems)
     _check_temporal(job, problems)
+    _check_workers(job, problems)
 
     if job.cluster.use_gpu and "GPU" in job.cluster.resources_per_worker:
         if job.cluster.resources_per_worker["GPU"] <= 0:
@@ -298,6 +300,60 @@ def temporal_problems(where: str, k: int, frame_counts: dict[str, int]) -> list[
                 )
             )
     return problems
+
+
+MAX_WORKERS = 4096
+
+
+def _check_workers(job: JobConfig, problems: list[Problem]) -> None:
+    """`num_workers` is an int or [min, max]; every world size in that range must divide the global batch.
+
+    Normalises `num_workers` (a [n, n] range becomes n) and fills the default `global_batch_size`.
+    """
+    c = job.cluster
+    n = c.num_workers
+    if isinstance(n, (list, tuple)) and len(n) == 2 and all(type(x) is int for x in n):
+        lo, hi = int(n[0]), int(n[1])
+        if not 1 <= lo <= hi <= MAX_WORKERS:
+            problems.append(Problem("cluster.num_workers", f"[min, max] must have 1 <= min <= max <= {MAX_WORKERS}, "
+                                                           f"got [{lo}, {hi}]"))
+            return
+        c.num_workers = lo if lo == hi else [lo, hi]
+    elif type(n) is int:
+        if not 1 <= n <= MAX_WORKERS:
+            problems.append(Problem("cluster.num_workers", f"must be between 1 and {MAX_WORKERS}, got {n}"))
+            return
+    else:
+        problems.append(Problem("cluster.num_workers", f"must be a number of workers or [min, max], got {n!r}"))
+        return
+    if not 1 <= c.micro_batch_size <= 64 or not 1 <= c.gradient_accumulation_steps <= 1024 \
+            or not 1 <= c.workers_per_node <= 64:
+        return  # reported by the range rules
+    per_node = c.workers_per_node
+    if c.min_workers % per_node or c.max_workers % per_node:
+        problems.append(Problem("cluster.num_workers", f"{_workers_text(c.num_workers)} must be whole nodes: "
+                                                       f"multiples of cluster.workers_per_node={per_node}"))
+        return
+    if c.global_batch_size is None:
+        c.global_batch_size = c.micro_batch_size * c.gradient_accumulation_steps * c.max_workers
+    sizes = c.world_sizes()
+    bad = [w for w in sizes if c.global_batch_size % (c.micro_batch_size * w)]
+    if c.global_batch_size < 1 or bad:
+        fits = [w for w in sizes if c.global_batch_size >= 1 and not c.global_batch_size % (c.micro_batch_size * w)]
+        step = c.micro_batch_size * math.lcm(*sizes)
+        problems.append(Problem(
+            "cluster.global_batch_size",
+            f"{c.global_batch_size} samples per step cannot be split evenly over "
+            f"{', '.join(map(str, bad[:8]))}{' ...' if len(bad) > 8 else ''} worker(s) of micro-batch "
+            f"{c.micro_batch_size}, and cluster.num_workers={_workers_text(c.num_workers)} lets Ray Train run "
+            f"on {'any count' if per_node == 1 else f'any multiple of cluster.workers_per_node={per_node}'} in "
+            f"that range. Worker counts that divide it: {', '.join(map(str, fits)) or 'none'}; global batch "
+            f"sizes that work for every count: multiples of {step} ({step}, {2 * step}, ...)",
+        ))
+
+
+def _workers_text(n: Any) -> str:
+    return f"[{n[0]}, {n[1]}]" if isinstance(n, (list, tuple)) else str(n)
 
 
 def _get(obj: Any, path: str) -> Any:

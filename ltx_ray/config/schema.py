@@ -3,7 +3,7 @@
 `RequestConfig` is the public contract of SPEC-endpoint.md, field for field,
 with the spec's names and defaults. The other sections are what a cluster job
 needs beside it. Ranges and enums live in `RULES` / `ENUMS` below and are
-enforced by `ltx_ray.config.validate`.
+enforced by `ltx_ray.config.load.check_rules`.
 """
 
 from __future__ import annotations
@@ -82,7 +82,10 @@ class ModelConfig:
 class ClusterConfig:
     """How the work is spread: Ray Train workers and DeepSpeed ZeRO."""
 
-    num_workers: int = 8
+    # Ray Train workers (ranks, one GPU each): an int, or `[min, max]` for an elastic run. Elastic, Ray
+    # Train starts once `min` workers can be placed, restarts with fewer after a node is lost and grows
+    # back towards `max` when capacity returns; each (re)start resumes from the latest checkpoint.
+    num_workers: Any = 8
     use_gpu: bool = True
     resources_per_worker: Dict[str, float] = field(
         default_factory=lambda: {"CPU": 8.0, "GPU": 1.0}
@@ -91,15 +94,59 @@ class ClusterConfig:
     # ltx-trainer av2av_ic_lora.yaml `enable_gradient_checkpointing: true` (each block recomputed in backward).
     gradient_checkpointing: bool = True
     micro_batch_size: int = 1
+    # Ray Train workers one node holds (its GPUs; 1 for mixed or CPU nodes). An elastic run gains and
+    # loses whole nodes, so its world sizes are the multiples of this in [min, max]: those are the
+    # sizes `global_batch_size` must split over. min and max must be multiples of it.
+    workers_per_node: int = 1
+    # Used only for the default of `global_batch_size`: the accumulation of a run at `max` workers.
     gradient_accumulation_steps: int = 1
+    # Samples per optimizer step, a property of the run, not of the cluster (default: micro_batch_size x
+    # gradient_accumulation_steps x max workers). At every (re)start the accumulation is set so that
+    # micro_batch_size x accumulation x world size equals it: every world size in [min, max] must divide
+    # global_batch_size / micro_batch_size.
+    global_batch_size: Optional[int] = None
     precision: str = "bf16"
     # Ray Data workers that decode clips, and encoder actors that turn them into latents.
     decode_workers: int = 4
     encode_actors: int = 1
+    # Restarts after worker failures (a crash, a node lost without notice); -1 = unlimited.
     max_failures: int = 3
+    # Restarts after node preemptions (a drain notice with a deadline, e.g. a spot reclaim), counted apart
+    # from max_failures; -1 = unlimited. Each one costs at most the steps since the notice: the workers
+    # write a just-in-time checkpoint when they learn of it.
+    max_preemption_failures: int = -1
+    # How long the surviving workers may run past a preemption's deadline to finish that checkpoint.
+    preemption_grace_s: float = 0.0
     # Memory of one GPU, GiB, for `ltx-ray train`'s pre-flight estimate (unset: the driver's own GPU when it
     # has one, else no check). The estimate warns, before any GPU is booked, when a run will not fit.
     gpu_memory_gb: Optional[float] = None
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers if isinstance(self.num_workers, int) else int(self.num_workers[0])
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers if isinstance(self.num_workers, int) else int(self.num_workers[1])
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_workers != self.max_workers
+
+    def world_sizes(self) -> list[int]:
+        """The world sizes a run may (re)start with: the multiples of `workers_per_node` in [min, max]."""
+        step = self.workers_per_node
+        return [w for w in range(self.min_workers, self.max_workers + 1) if w % step == 0]
+
+    def accumulation_steps(self, world_size: int) -> int:
+        """Micro-steps per optimizer step at `world_size`, so that every step trains on `global_batch_size`."""
+        per_micro_step = self.micro_batch_size * world_size
+        if self.global_batch_size is None or self.global_batch_size % per_micro_step:
+            raise ValueError(f"Ray Train started {world_size} workers, over which cluster.global_batch_size="
+                             f"{self.global_batch_size} cannot be split (micro-batch {self.micro_batch_size}); "
+                             f"the run expects whole nodes of cluster.workers_per_node={self.workers_per_node}: "
+                             f"{self.world_sizes()}")
+        return self.global_batch_size // per_micro_step
 
 
 @dataclass
@@ -189,12 +236,14 @@ RULES: Dict[str, tuple[Any, Any]] = {
     "request.validation_number_of_frames": (9, 121),
     "request.validation_frame_rate": (8, 60),
     "request.stg_scale": (0.0, 3.0),
-    "cluster.num_workers": (1, 4096),
     "cluster.micro_batch_size": (1, 64),
+    "cluster.workers_per_node": (1, 64),
     "cluster.gradient_accumulation_steps": (1, 1024),
     "cluster.decode_workers": (1, 1024),
     "cluster.encode_actors": (1, 1024),
     "cluster.max_failures": (-1, 1000),
+    "cluster.max_preemption_failures": (-1, 1000),
+    "cluster.preemption_grace_s": (0.0, 3600.0),
     "train.warmup_steps": (0, 20000),
     "train.checkpoint_every": (1, 20000),
     "train.num_checkpoints_to_keep": (1, 100),

@@ -210,17 +210,18 @@ def estimate(job: JobConfig, *, exact_depth: bool = False, gpu_attention: bool =
             exact=exact_depth)
 
     steps = {c.gradient_checkpointing: training_step(c.gradient_checkpointing)}
-    layout = zero_layout(counts, stage=c.zero_stage, world=c.num_workers, element_bytes=element_bytes,
+    # An elastic run may shrink to its minimum: the fewest workers hold the largest shards.
+    world_size = c.min_workers
+    layout = zero_layout(counts, stage=c.zero_stage, world=world_size, element_bytes=element_bytes,
                          overlap_comm=c.use_gpu)
-    uses = [_training_use(counts, steps[c.gradient_checkpointing], stage=c.zero_stage, world=c.num_workers,
+    uses = [_training_use(counts, steps[c.gradient_checkpointing], stage=c.zero_stage, world=world_size,
                           element_bytes=element_bytes, overlap_comm=c.use_gpu)]
     others = []
     if alternatives:
         steps[not c.gradient_checkpointing] = training_step(not c.gradient_checkpointing)
         for gc in (True, False):
             for stage in (2, 3):
-                for world in ((c.num_workers,) if stage == 2 else (c.num_workers, 2 * c.num_workers,
-                                                                    4 * c.num_workers)):
+                for world in ((world_size,) if stage == 2 else (world_size, 2 * world_size, 4 * world_size)):
                     use = _training_use(counts, steps[gc], stage=stage, world=world, element_bytes=element_bytes,
                                         overlap_comm=c.use_gpu)
                     others.append({"zero_stage": stage, "gradient_checkpointing": gc, "num_workers": world,
@@ -236,7 +237,7 @@ def estimate(job: JobConfig, *, exact_depth: bool = False, gpu_attention: bool =
             a, pshapes, passes=passes, frame_rate=float(r.validation_frame_rate), **lora), arch, blocks,
             exact=exact_depth)
         resident = dict(layout)
-        resident["gradients"] = -(-counts["trainable_parameters"] // c.num_workers) * element_bytes
+        resident["gradients"] = -(-counts["trainable_parameters"] // world_size) * element_bytes
         kinds = {**resident, **{k: preview.kinds[k] for k in ("activations", "temporaries", "inputs")}}
         uses.append(GpuUse("previewing rank 0", kinds, _allowance(sum(kinds.values())),
                            [f"{passes} guidance pass(es) per step as one batch"] + preview.notes))
@@ -252,7 +253,7 @@ def estimate(job: JobConfig, *, exact_depth: bool = False, gpu_attention: bool =
         architecture=arch.source, architecture_note=note,
         counts=counts,
         tokens=shapes.tokens, preview_tokens=pshapes.tokens,
-        settings={"zero_stage": c.zero_stage, "world_size": c.num_workers, "micro_batch_size": c.micro_batch_size,
+        settings={"zero_stage": c.zero_stage, "world_size": world_size, "micro_batch_size": c.micro_batch_size,
                   "gradient_checkpointing": c.gradient_checkpointing, "precision": c.precision,
                   "gpu_attention": gpu_attention, "rank": r.rank},
         uses=uses, alternatives=others, seconds=time.perf_counter() - started,

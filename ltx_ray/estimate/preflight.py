@@ -31,7 +31,7 @@ def _setting(a: dict, job: JobConfig) -> str:
         parts.append(f"cluster.zero_stage={a['zero_stage']}")
     if a["gradient_checkpointing"] != c.gradient_checkpointing:
         parts.append(f"cluster.gradient_checkpointing={str(a['gradient_checkpointing']).lower()}")
-    if a["num_workers"] != c.num_workers:
+    if a["num_workers"] != c.min_workers:
         parts.append(f"cluster.num_workers={a['num_workers']}")
     return " ".join(parts)
 

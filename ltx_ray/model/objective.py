@@ -8,11 +8,15 @@ audio. The total loss is video loss + audio loss; both are reported.
 
 `av2av_loss` is a pure function of (model, batch, generator): no Ray, no
 DeepSpeed, no global RNG, so it runs the same in a test and on a cluster rank.
+Training passes one generator per sample (seeded by the sample's place in the
+run, `train.batches.noise_generators`), so a sample's σ and ε do not depend on
+which rank or micro-batch it lands in.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence, Union
 
 import torch
 from ltx_core.model.transformer.modality import Modality
@@ -26,6 +30,9 @@ from ltx_ray.model.tokens import (
     sample_sigmas,
     video_positions,
 )
+
+# One generator for the whole batch, or one per sample (each draws that sample's σ and ε, video then audio).
+Generators = Union[torch.Generator, Sequence[torch.Generator]]
 
 BATCH_KEYS = ("ref_video", "video", "ref_audio", "audio", "video_context", "audio_context", "context_mask")
 
@@ -47,7 +54,7 @@ class ModalityInputs:
 
 def av2av_inputs(
     batch: dict[str, torch.Tensor],
-    generator: torch.Generator,
+    generator: Generators,
     *,
     reference_downscale_factor: int = 1,
     reference_temporal_scale_factor: int = 1,
@@ -86,7 +93,7 @@ def av2av_inputs(
 def av2av_loss(
     model,
     batch: dict[str, torch.Tensor],
-    generator: torch.Generator,
+    generator: Generators,
     *,
     reference_downscale_factor: int = 1,
     reference_temporal_scale_factor: int = 1,
@@ -99,7 +106,7 @@ def av2av_loss(
     Batch: `ref_video` `[B, C, f_ref, h_ref, w_ref]` and `video` `[B, C, f, h, w]`
     video latents; `ref_audio`, `audio` audio latents `[B, C, T, M]`;
     `video_context` `[B, L, Dv]`, `audio_context` `[B, L, Da]`, `context_mask` `[B, L]`.
-    `generator` draws σ and ε (on the batch's device). Metrics: `video_loss`,
+    `generator` draws σ and ε (on the batch's device): one for the batch, or one per sample. Metrics: `video_loss`,
     `audio_loss`, `sigma_video`, `sigma_audio` (batch means; detached tensors),
     `video_tokens`, `audio_tokens` (target tokens per sample).
     """
@@ -137,6 +144,18 @@ def masked_mse(prediction: torch.Tensor, inputs: ModalityInputs) -> torch.Tensor
     return per_sample.mean()
 
 
+def _draw_sigma_and_noise(generator: Generators, b: int, n_target: int, shape: tuple[int, ...],
+                          device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """σ `[B]` and ε `[B, *shape]` (fp32): from one generator for the batch, or sample by sample from one each."""
+    if isinstance(generator, torch.Generator):
+        sigma = sample_sigmas(b, n_target, generator, device=device)
+        return sigma, torch.randn((b, *shape), generator=generator, device=device, dtype=torch.float32)
+    if len(generator) != b:
+        raise ValueError(f"{len(generator)} generators for a batch of {b}")
+    draws = [_draw_sigma_and_noise(g, 1, n_target, shape, device) for g in generator]
+    return torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws])
+
+
 def _modality_inputs(
     reference: torch.Tensor,
     target: torch.Tensor,
@@ -144,12 +163,11 @@ def _modality_inputs(
     target_positions: torch.Tensor,
     context: torch.Tensor,
     context_mask: torch.Tensor,
-    generator: torch.Generator,
+    generator: Generators,
 ) -> ModalityInputs:
     b, n_target, _ = target.shape
     n_ref = reference.shape[1]
-    sigma = sample_sigmas(b, n_target, generator, device=target.device)
-    noise = torch.randn(target.shape, generator=generator, device=target.device, dtype=torch.float32)
+    sigma, noise = _draw_sigma_and_noise(generator, b, n_target, tuple(target.shape[1:]), target.device)
     s = sigma.view(b, 1, 1)
     x0 = target.float()
     noised = ((1 - s) * x0 + s * noise).to(target.dtype)

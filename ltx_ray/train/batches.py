@@ -2,14 +2,17 @@
 
 Every worker reads the whole (small) latent dataset once from its Ray Data
 shard, sorts it by pair name, and then draws batches from a permutation per
-epoch seeded by (seed, epoch). Which samples a rank sees at a step is thus a
-pure function of (seed, step, rank): a resumed run continues with exactly the
-batches an uninterrupted run would have seen, which Ray Data's streaming
+epoch seeded by (seed, epoch). A step trains on `global_batch_size` samples
+whatever the world size: the sample at each place of the global batch, and the
+noise it gets, are pure functions of (seed, step, place), never of rank or
+world size. A resumed run, on any number of workers, continues with exactly
+the batches an uninterrupted run would have seen, which Ray Data's streaming
 split (whose block order depends on timing) cannot promise.
 """
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 from typing import Iterable
 
@@ -44,16 +47,35 @@ def load_samples(batches: Iterable[dict[str, torch.Tensor]]) -> list[dict[str, t
     return samples
 
 
-def sample_indices(num_samples: int, *, seed: int, step: int, micro_step: int, rank: int, world_size: int,
-                   micro_batch_size: int, accumulation_steps: int) -> list[int]:
-    """Indices of the samples a rank trains on at one micro-step of one optimizer step."""
-    per_step = world_size * accumulation_steps * micro_batch_size
-    first = step * per_step + (micro_step * world_size + rank) * micro_batch_size
+def micro_batch_positions(*, micro_step: int, rank: int, world_size: int, micro_batch_size: int) -> list[int]:
+    """Places in the step's global batch (0 .. global_batch_size - 1) that a rank trains at one micro-step.
+
+    The global batch is cut into micro-batches; micro-step m of rank r takes the
+    (m * world_size + r)-th. Any world size with its accumulation covers every
+    place exactly once.
+    """
+    first = (micro_step * world_size + rank) * micro_batch_size
+    return list(range(first, first + micro_batch_size))
+
+
+def sample_indices(num_samples: int, *, seed: int, step: int, positions: list[int],
+                   global_batch_size: int) -> list[int]:
+    """Samples at `positions` of optimizer step `step`: the run reads epoch permutations back to back."""
     out = []
-    for position in range(first, first + micro_batch_size):
-        epoch, offset = divmod(position, num_samples)
+    for position in positions:
+        epoch, offset = divmod(step * global_batch_size + position, num_samples)
         out.append(int(_epoch_permutation(num_samples, seed, epoch)[offset]))
     return out
+
+
+def noise_generators(seed: int, step: int, positions: list[int], device: torch.device) -> list[torch.Generator]:
+    """One generator per sample for its σ and ε, seeded by (seed, step, place in the global batch) only."""
+    return [torch.Generator(device=device).manual_seed(_noise_seed(seed, step, p)) for p in positions]
+
+
+def _noise_seed(seed: int, step: int, position: int) -> int:
+    digest = hashlib.blake2b(f"ltx-ray-noise:{seed}:{step}:{position}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 @lru_cache(maxsize=8)
@@ -75,6 +97,6 @@ def collate(samples: list[dict[str, torch.Tensor]], indices: list[int], device: 
     return batch
 
 
-def epoch_of(step: int, num_samples: int, world_size: int, micro_batch_size: int, accumulation_steps: int) -> int:
+def epoch_of(step: int, num_samples: int, global_batch_size: int) -> int:
     """The epoch a step's first sample belongs to (for logging and the checkpoint's data position)."""
-    return (step * world_size * micro_batch_size * accumulation_steps) // num_samples
+    return (step * global_batch_size) // num_samples

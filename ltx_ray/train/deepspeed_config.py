@@ -9,12 +9,16 @@ from ltx_ray.config.schema import JobConfig
 
 
 def deepspeed_config(job: JobConfig, world_size: int) -> dict[str, Any]:
-    """ZeRO stage, precision, clipping and a torch AdamW over the trainable (LoRA) parameters."""
+    """ZeRO stage, precision, clipping and a torch AdamW over the trainable (LoRA) parameters.
+
+    The accumulation follows the world size of this (re)start, so a step trains on
+    `cluster.global_batch_size` samples on any number of workers.
+    """
     c, t = job.cluster, job.train
     cfg: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": c.micro_batch_size,
-        "gradient_accumulation_steps": c.gradient_accumulation_steps,
-        "train_batch_size": c.micro_batch_size * c.gradient_accumulation_steps * world_size,
+        "gradient_accumulation_steps": c.accumulation_steps(world_size),
+        "train_batch_size": c.global_batch_size,
         "gradient_clipping": t.max_grad_norm,
         "zero_optimization": {
             "stage": c.zero_stage,

@@ -25,6 +25,7 @@ from ltx_ray.data.pipeline import build_latent_cache, publish_debug_dataset
 from ltx_ray.estimate.preflight import preflight
 from ltx_ray.sample.conditioning import check_validation_inputs
 from ltx_ray.storage import resolve_filesystem, storage_uri, upload
+from ltx_ray.train.checkpoint import check_resumable
 from ltx_ray.train.deepspeed_config import deepspeed_accelerator
 from ltx_ray.train.loop import train_loop_per_worker
 from ltx_ray.train import outputs
@@ -91,11 +92,13 @@ def run_training(job: JobConfig) -> TrainResult:
     check_validation_inputs(job)
     # Will it fit? Asked before Ray books any GPU (warns; a CPU job without cluster.gpu_memory_gb skips it).
     preflight(job)
+    # A run continues from its latest checkpoint: refuse one this version cannot continue, before any work.
+    fs, storage_root = resolve_filesystem(job.storage.storage_path, job.storage)
+    check_resumable(job, fs, f"{storage_root.rstrip('/')}/{run}")
     init_ray(job)
     cache = build_latent_cache(job, run)
     publish_debug_dataset(job, cache, outputs.outputs_uri(job, run, outputs.DEBUG_NAME))
     validation_file = prepare_validation(job, run)
-    fs, storage_root = resolve_filesystem(job.storage.storage_path, job.storage)
 
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -108,7 +111,9 @@ def run_training(job: JobConfig) -> TrainResult:
             "validation_file": validation_file,
         },
         scaling_config=ScalingConfig(
-            num_workers=job.cluster.num_workers,
+            # (min, max) makes Ray Train elastic: any count in between, as nodes come and go.
+            num_workers=(job.cluster.min_workers, job.cluster.max_workers) if job.cluster.elastic
+            else job.cluster.num_workers,
             use_gpu=job.cluster.use_gpu,
             resources_per_worker=dict(job.cluster.resources_per_worker),
         ),
@@ -117,7 +122,11 @@ def run_training(job: JobConfig) -> TrainResult:
             storage_path=storage_root,
             storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(num_to_keep=job.train.num_checkpoints_to_keep),
-            failure_config=FailureConfig(max_failures=job.cluster.max_failures),
+            failure_config=FailureConfig(
+                max_failures=job.cluster.max_failures,
+                max_preemption_failures=job.cluster.max_preemption_failures,
+                preemption_grace_s=job.cluster.preemption_grace_s,
+            ),
             worker_runtime_env={"env_vars": {"DS_ACCELERATOR": deepspeed_accelerator(job)}},
         ),
         datasets={"train": cache.dataset()},

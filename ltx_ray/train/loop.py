@@ -1,9 +1,10 @@
-"""The training loop each Ray Train worker runs: plain PyTorch + DeepSpeed, three Ray calls.
+"""The training loop each Ray Train worker runs: plain PyTorch + DeepSpeed, and a few Ray calls.
 
 Read top to bottom, it is the story of a run: build the model with its LoRA,
 wrap it in a DeepSpeed engine, load the cached latents, resume if a
-checkpoint exists, then for every optimizer step: batch -> av2av loss ->
-backward -> step, with checkpoints and previews at their intervals.
+checkpoint exists (on any world size), then for every optimizer step: batch
+-> av2av loss -> backward -> step, with checkpoints and previews at their
+intervals and a just-in-time checkpoint when a node's preemption is announced.
 """
 
 from __future__ import annotations
@@ -54,17 +55,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             batch_size=16, device="cpu", collate_fn=batches.UnpackLatents()
         )
     )
-    start = restore(engine)
+    c = job.cluster
+    # The global batch is the run's; this (re)start's world size only sets how it is accumulated.
+    accumulation, global_batch = c.accumulation_steps(world), c.global_batch_size
+    resumed = restore(engine)
+    start = int(resumed["step"]) if resumed else 0
     total = job.request.number_of_steps
-    if rank == 0 and start:
-        print(f"ltx-ray: resuming from step {start} of {total} (checkpoint in storage)", flush=True)
+    if rank == 0 and resumed:
+        print(f"ltx-ray: resuming from step {start} of {total} on {world} worker(s) (checkpoint written on "
+              f"{resumed.get('world_size', '?')}, reason: {resumed.get('reason', '?')})", flush=True)
         if start >= total:
             print("ltx-ray: this run is already complete; publishing its outputs again", flush=True)
-    c = job.cluster
     tracker = Tracker(job, config["run_name"], Path(config["wandb_dir"]), enabled=rank == 0)
     progress = _progress_bar(rank, start, total)
     lora_metadata = config["lora_metadata"]
     previewer = _previewer(job, config, rank, device, dtype)
+    saved_step, preemption_saved = start, False  # the newest step whose state is in storage
+
+    def checkpoint(done: int, reason: str, metrics: dict[str, Any]) -> None:
+        save_and_report(
+            engine, job, step=done, rank=rank, lora_metadata=lora_metadata, metrics={"step": done, **metrics},
+            state={"data_position": {"epoch": batches.epoch_of(done, len(samples), global_batch),
+                                     "samples_seen": done * global_batch},
+                   "seed": job.seed, "global_batch_size": global_batch, "world_size": world,
+                   "resumed_from": start, "reason": reason},
+        )
 
     for step in range(start, total):
         started = time.perf_counter()
@@ -72,29 +87,42 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         totals = torch.zeros(3)
         sigmas = torch.zeros(2)
         tokens = 0
-        for micro in range(c.gradient_accumulation_steps):
+        for micro in range(accumulation):
+            # A node of this run is about to go (a spot reclaim, a drain): every rank learns it at the same
+            # call, at every micro-step, for a step of a large run takes minutes. Until the accumulation
+            # boundary the weights and AdamW state are the last completed step's: a just-in-time checkpoint
+            # holds that step, and the restarted run redoes at most the steps since the notice.
+            if not preemption_saved and ray.train.get_preemption_info() is not None:
+                preemption_saved = True
+                if saved_step != step:
+                    if rank == 0:
+                        print(f"ltx-ray: a node of this run is being preempted: checkpointing step {step} now",
+                              flush=True)
+                    checkpoint(step, "preemption", metrics)
+                    saved_step = step
             t = time.perf_counter()
-            idx = batches.sample_indices(
-                len(samples), seed=job.seed, step=step, micro_step=micro, rank=rank, world_size=world,
-                micro_batch_size=c.micro_batch_size, accumulation_steps=c.gradient_accumulation_steps,
-            )
+            positions = batches.micro_batch_positions(micro_step=micro, rank=rank, world_size=world,
+                                                      micro_batch_size=c.micro_batch_size)
+            idx = batches.sample_indices(len(samples), seed=job.seed, step=step, positions=positions,
+                                         global_batch_size=global_batch)
             batch = batches.collate(samples, idx, device, dtype)
             data_seconds += time.perf_counter() - t
-            generator = torch.Generator(device=device).manual_seed(_noise_seed(job.seed, step, micro, rank))
             loss, m = av2av_loss(
-                engine, batch, generator,
+                engine, batch, batches.noise_generators(job.seed, step, positions, device),
                 reference_downscale_factor=job.request.reference_downscale_factor,
                 reference_temporal_scale_factor=job.request.reference_temporal_scale_factor,
                 frame_rate=float(job.request.frame_rate),
             )
             engine.backward(loss)
+            # DeepSpeed steps the optimizer only at the accumulation boundary (the last micro-step).
             engine.step()
             totals += torch.tensor([loss.item(), float(m["video_loss"]), float(m["audio_loss"])])
             sigmas += torch.tensor([float(m["sigma_video"]), float(m["sigma_audio"])])
             tokens += int(m["video_tokens"]) + int(m["audio_tokens"])
 
         _maybe_fail(job, step + 1, start, rank)
-        metrics = _step_metrics(engine, totals, sigmas, tokens, c, world, started, data_seconds)
+        metrics = _step_metrics(engine, totals, sigmas, tokens, accumulation, global_batch, world, started,
+                                data_seconds)
         seconds = metrics["step_time"]
         tracker.log(metrics, step=step + 1)
         if progress is not None:
@@ -105,13 +133,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if previewer is not None and (done % job.train.validation_every == 0 or done == total):
             _preview(previewer, engine, job, config["run_name"], done, final=done == total, tracker=tracker)
         if done % job.train.checkpoint_every == 0 or done == total:
-            epoch = batches.epoch_of(done, len(samples), world, c.micro_batch_size, c.gradient_accumulation_steps)
-            save_and_report(
-                engine, job, step=done, rank=rank,
-                data_position={"epoch": epoch, "samples_seen": done * world * c.micro_batch_size
-                               * c.gradient_accumulation_steps},
-                metrics={"step": done, **metrics}, lora_metadata=lora_metadata,
-            )
+            checkpoint(done, "final" if done == total else "interval", metrics)
+            saved_step = done
 
     if progress is not None:
         progress.close()
@@ -187,24 +210,19 @@ def _build_engine(job: JobConfig, checkpoint_path: str, world: int, device: torc
     return engine
 
 
-def _noise_seed(seed: int, step: int, micro: int, rank: int) -> int:
-    return (seed * 1_000_003 + step * 1009 + micro * 101 + rank) % (2**63 - 1)
-
-
-def _step_metrics(engine, totals: torch.Tensor, sigmas: torch.Tensor, tokens: int, c, world: int,
-                  started: float, data_seconds: float) -> dict[str, float]:
+def _step_metrics(engine, totals: torch.Tensor, sigmas: torch.Tensor, tokens: int, accumulation: int,
+                  global_batch: int, world: int, started: float, data_seconds: float) -> dict[str, float]:
     """Losses averaged over micro-steps and ranks, plus speed and optimizer figures.
 
     `step_time` runs from the step's start to after this all-reduce: everything but logging.
     """
-    n = c.gradient_accumulation_steps
+    n = accumulation
     packed = torch.cat([totals / n, sigmas / n])
     if dist.is_initialized():
         dist.all_reduce(packed)
         packed /= world
     grad_norm = engine.get_global_grad_norm()
     seconds = time.perf_counter() - started
-    samples = c.micro_batch_size * n * world
     return {
         "loss": float(packed[0]),
         "video_loss": float(packed[1]),
@@ -215,7 +233,8 @@ def _step_metrics(engine, totals: torch.Tensor, sigmas: torch.Tensor, tokens: in
         "grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
         "step_time": seconds,
         "data_time": data_seconds,
-        "samples_per_second": samples / seconds,
+        "samples_per_second": global_batch / seconds,
+        "world_size": world,
         "tokens_per_second": tokens * world / seconds,
     }
 
