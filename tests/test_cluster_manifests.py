@@ -227,6 +227,8 @@ def test_gpu_group_replicas_times_gpus_per_pod_match_the_num_workers_range(manif
     gpus = int(group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
     assert (group["minReplicas"] * gpus, group["maxReplicas"] * gpus) == (lo, hi)
     assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    # Whole pods come and go: the world sizes validate checks are the multiples of the GPUs of one.
+    assert f"cluster.workers_per_node={gpus}" in words
     if lo < hi:  # elastic: something must move replicas between the bounds
         assert cluster["enableInTreeAutoscaling"] is True
         assert cluster["autoscalerOptions"]["version"] == "v2"

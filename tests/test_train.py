@@ -185,8 +185,22 @@ def _final_checkpoint(run_dir: Path) -> Path:
 
 
 def _losses(run_dir: Path, run: str) -> dict[int, float]:
-    """The loss of every step (a step redone after a restart: its last value)."""
+    """The loss of every step, from the run's W&B history."""
     return {r["_step"]: r["loss"] for r in history(run_dir / "outputs" / "wandb" / f"run-{run}.wandb") if "loss" in r}
+
+
+def _losses_of_every_attempt(run: str) -> dict[int, float]:
+    """The loss of every step over all attempts of a run (a step redone after a restart: its last value).
+
+    Offline, each attempt's rank 0 writes its own W&B run folder (`offline-run-<time>-<id>`) on its node, and
+    only the last is copied to the outputs; the session's nodes share this machine's /tmp, so all are here.
+    """
+    from ltx_ray.train.outputs import local_wandb_dir
+
+    losses: dict[int, float] = {}
+    for attempt in sorted(Path(local_wandb_dir(run)).glob(f"wandb/offline-run-*-{run}")):
+        losses.update({r["_step"]: r["loss"] for r in history(attempt / f"run-{run}.wandb") if "loss" in r})
+    return losses
 
 
 @pytest.fixture(scope="module")
@@ -195,9 +209,12 @@ def preempted_run(tmp_path_factory, tiny_bundle, sample_dataset, ray_nodes, refe
     spot reclaim is, then removed): (result, run folder, the just-in-time checkpoint's trainer state)."""
     import threading
 
+    import uuid
+
     runs = tmp_path_factory.mktemp("elastic")
-    run_dir = runs / "elastic"
-    job = tiny_job(tiny_bundle, sample_dataset, str(runs), "elastic", "train.checkpoint_every=25",
+    name = f"elastic-{uuid.uuid4().hex[:8]}"  # W&B's node-local folders are per run name: keep them this session's
+    run_dir = runs / name
+    job = tiny_job(tiny_bundle, sample_dataset, str(runs), name, "train.checkpoint_every=25",
                    "cluster.num_workers=[1, 2]", "cluster.resources_per_worker={CPU: 0.5, trainer_slot: 1}")
     outcome: dict = {}
     driver = threading.Thread(target=lambda: outcome.update(result=run_job(job)), daemon=True)
@@ -227,11 +244,11 @@ def preempted_run(tmp_path_factory, tiny_bundle, sample_dataset, ray_nodes, refe
     finally:
         ray_nodes.add_node(num_cpus=2, resources={"trainer_slot": 1})
         ray_nodes.wait_for_nodes()
-    return outcome["result"], run_dir, jit
+    return outcome["result"], run_dir, jit, name
 
 
 def test_preempted_node_gets_a_just_in_time_checkpoint_and_the_run_resumes_from_it(preempted_run):
-    _, run_dir, jit = preempted_run
+    _, run_dir, jit, _ = preempted_run
     # Written at the notice, between the interval checkpoints of steps 25 and 50, by both workers.
     assert 25 < jit["step"] < 50 and jit["world_size"] == 2
     final = json.loads((_final_checkpoint(run_dir) / "trainer_state.json").read_text())
@@ -239,18 +256,20 @@ def test_preempted_node_gets_a_just_in_time_checkpoint_and_the_run_resumes_from_
 
 
 def test_elastic_run_continues_on_one_worker_and_finishes_exactly_its_steps(preempted_run):
-    result, run_dir, _ = preempted_run
+    result, run_dir, jit, name = preempted_run
     final = json.loads((_final_checkpoint(run_dir) / "trainer_state.json").read_text())
     assert final["step"] == STEPS and final["reason"] == "final"
-    assert sorted(_losses(run_dir, "elastic")) == list(range(1, STEPS + 1))
+    assert sorted(_losses_of_every_attempt(name)) == list(range(1, STEPS + 1))
+    # The last attempt's W&B run, in the outputs, holds the steps after the resume.
+    assert sorted(_losses(run_dir, name)) == list(range(jit["step"] + 1, STEPS + 1))
     assert Path(result["lora_file"]).is_file() and result["lora_file"].startswith(str(run_dir / "outputs"))
 
 
 def test_resume_on_fewer_workers_matches_the_uninterrupted_two_worker_run(preempted_run, reference_run):
     # Steps 1..k on 2 workers, then k+1..100 on 1 worker with accumulation 2, against 2 workers throughout.
-    _, run_dir, _ = preempted_run
+    _, run_dir, _, name = preempted_run
     _, _, runs = reference_run
-    elastic, uninterrupted = _losses(run_dir, "elastic"), _losses(runs / "reference", "reference")
+    elastic, uninterrupted = _losses_of_every_attempt(name), _losses(runs / "reference", "reference")
     worst = max(abs(elastic[s] - uninterrupted[s]) / abs(uninterrupted[s]) for s in uninterrupted)
     print(f"largest relative loss difference over {len(uninterrupted)} steps: {worst:.3g}")
     assert worst <= 1e-5
