@@ -53,13 +53,12 @@ def gather(engine) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     A collective: every rank must call it, in the same order. Every rank
     receives the full tensors; rank 0 writes them (`save`).
     """
+    trainable = _trainable(engine)
+    names = [n for n, _ in trainable]
     tensors: dict[str, torch.Tensor] = {}
-    names = []
-    for name, p in _trainable(engine):
-        names.append(name)
-        tensors[f"param/{name}"] = safe_get_full_fp32_param(p).detach().to("cpu", torch.float32).clone()
-        for key in ADAM_KEYS:
-            tensors[f"{key}/{name}"] = safe_get_full_optimizer_state(p, key).detach().to("cpu", torch.float32).clone()
+    for key, label in ((None, "param"), *((k, k) for k in ADAM_KEYS)):
+        for name, full in zip(names, _gather_full([p for _, p in trainable], key)):
+            tensors[f"{label}/{name}"] = full.detach().to("cpu", torch.float32).clone()
     meta = {
         "layout": LAYOUT,
         "adam_step": _adam_step(engine),
@@ -67,6 +66,30 @@ def gather(engine) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         "names": names,
     }
     return tensors, meta
+
+
+def _gather_full(params: list[torch.nn.Parameter], key: str | None) -> list[torch.Tensor]:
+    """The full fp32 master weights (key None) or one AdamW moment of `params`, on every rank.
+
+    ZeRO-3: DeepSpeed's per-parameter all-gather. ZeRO-1/2: each rank writes the fragments its
+    partition holds into one zero buffer for all parameters, and one all-reduce sums them: what
+    DeepSpeed's `safe_get_full_*` do parameter by parameter, in one collective instead of one each
+    (a checkpoint of the 22B model's LoRA would otherwise be ~7,000 all-reduces).
+    """
+    if not params or hasattr(params[0], "ds_id") or not hasattr(params[0], "_hp_mapping"):
+        get = safe_get_full_fp32_param if key is None else (lambda p: safe_get_full_optimizer_state(p, key))
+        return [get(p) for p in params]
+    sizes = [p.numel() for p in params]
+    buffer = torch.zeros(sum(sizes), dtype=torch.float32, device=params[0].device)
+    offset = 0
+    for p, size in zip(params, sizes):
+        mapping = p._hp_mapping
+        if mapping is not None:
+            address = mapping.lp_fragment_address
+            buffer.narrow(0, offset + address.start, address.numel).copy_(mapping.get_hp_fragment(key).flatten())
+        offset += size
+    dist.all_reduce(buffer, group=params[0]._dp_group)
+    return [chunk.view(p.shape) for chunk, p in zip(buffer.split(sizes), params)]
 
 
 def save(tensors: dict[str, torch.Tensor], meta: dict[str, Any], directory: Path) -> Path:
