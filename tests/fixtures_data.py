@@ -114,15 +114,18 @@ def sample_dataset(tmp_path_factory):
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     """Serves `server.files` (honouring `Range: bytes=a-b`; `server.served[path]` counts the body bytes sent);
-    paths in `server.fail_first` answer 503 that many times first."""
+    paths in `server.fail_first` answer 503 that many times first; `server.authorization[path]` keeps the last
+    Authorization header. Paths are matched without their query string."""
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
         server = self.server
-        server.hits[self.path] = server.hits.get(self.path, 0) + 1
-        if server.fail_first.get(self.path, 0) >= server.hits[self.path]:
+        path = self.path.split("?", 1)[0]
+        server.hits[path] = server.hits.get(path, 0) + 1
+        server.authorization[path] = self.headers.get("Authorization")
+        if server.fail_first.get(path, 0) >= server.hits[path]:
             self.send_error(503, "try again")
             return
-        body = server.files.get(self.path)
+        body = server.files.get(path)
         if body is None:
             self.send_error(404, "not found")
             return
@@ -131,13 +134,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             start, end = int(wanted[1]), int(wanted[2] or len(body) - 1)
             body = body[start:end + 1]
             self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{start + len(body) - 1}/{len(server.files[self.path])}")
+            self.send_header("Content-Range", f"bytes {start}-{start + len(body) - 1}/{len(server.files[path])}")
         else:
             self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-        server.served[self.path] = server.served.get(self.path, 0) + len(body)
+        server.served[path] = server.served.get(path, 0) + len(body)
 
     def log_message(self, *args):
         pass
@@ -147,7 +150,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def http_server():
     """A real HTTP server on 127.0.0.1: set `.files[path] = bytes`, `.fail_first[path] = n`; `.url(path)`."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.files, server.fail_first, server.hits, server.served = {}, {}, {}, {}
+    server.files, server.fail_first, server.hits, server.served, server.authorization = {}, {}, {}, {}, {}
     server.url = lambda path: f"http://127.0.0.1:{server.server_address[1]}{path}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

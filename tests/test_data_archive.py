@@ -112,3 +112,13 @@ def test_every_problem_is_reported_at_once(make_zip, tmp_path):
     archive = make_zip({"../a_start.mp4": b"x", "x/b.txt": b"", "y/b.txt": b""}, symlinks={"l_end.mp4": "/"})
     err = _refused(archive, tmp_path / "out")
     assert [p.where for p in err.problems] == ["../a_start.mp4", "b.txt", "l_end.mp4"]
+
+
+def test_a_name_longer_than_a_file_system_holds_is_refused_before_extraction_naming_the_entry(make_zip, tmp_path):
+    long = "p" * 250  # 260 bytes with _start.mp4: over the 255 of ext4, XFS, APFS and NTFS
+    archive = make_zip({f"{long}_start.mp4": b"x", f"{long}_end.mp4": b"x", "ok_start.mp4": b"x", "ok_end.mp4": b"x"})
+    err = _refused(archive, tmp_path / "out")
+    assert err.exit_code == 2
+    assert [p.where for p in err.problems] == [f"{long}_start.mp4", f"{long}_end.mp4"]
+    assert "260 bytes long; file systems hold at most 255" in str(err)
+    assert not (tmp_path / "out").exists()  # nothing was extracted, not even the good pair

@@ -166,3 +166,37 @@ def test_two_urls_with_the_same_file_name_do_not_overwrite_each_other(http_serve
     second = fetch(http_server.url("/b/ref.mp4"), tmp_path)
     assert (first.name, second.name) == ("ref.mp4", "ref-1.mp4")
     assert (first.read_bytes(), second.read_bytes()) == (b"first", b"second")
+
+
+def test_credentials_in_an_http_url_are_sent_as_basic_auth_and_never_shown(http_server, tmp_path, caplog):
+    import base64
+    import logging
+
+    http_server.files["/cred-ref.mp4"] = b"payload"
+    http_server.fail_first["/cred-ref.mp4"] = 1  # one retry, so a warning names the URL
+    url = http_server.url("/cred-ref.mp4").replace("://", "://bob:pw2secret@") + "?X-Amz-Signature=def456sig"
+    with caplog.at_level(logging.WARNING, logger="ltx_ray.data.fetch"):
+        path = fetch(url, tmp_path, retries=2, backoff_s=0.01)
+    assert path.read_bytes() == b"payload"
+    assert http_server.authorization["/cred-ref.mp4"] == "Basic " + base64.b64encode(b"bob:pw2secret").decode()
+    assert "retrying" in caplog.text
+    assert "pw2secret" not in caplog.text and "def456sig" not in caplog.text and "<redacted>" in caplog.text
+
+
+def test_errors_about_a_credentialed_url_never_show_its_secrets(http_server, tmp_path):
+    url = http_server.url("/cred-missing.zip").replace("://", "://bob:pw2secret@") + "?X-Amz-Signature=def456sig"
+    with pytest.raises(DatasetError) as err:
+        fetch(url, tmp_path, retries=2, backoff_s=0.01)
+    assert "HTTP 404" in str(err.value)
+    assert "pw2secret" not in str(err.value) and "def456sig" not in str(err.value)
+    assert http_server.hits["/cred-missing.zip"] == 1
+
+
+def test_a_host_that_does_not_resolve_fails_at_once_without_retries(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="ltx_ray.data.fetch"), pytest.raises(DatasetError) as err:
+        fetch("http://bob:pw2secret@no-such-host.invalid/pairs.zip", tmp_path, retries=4, backoff_s=5.0)
+    assert "host 'no-such-host.invalid' not found" in str(err.value)
+    assert "pw2secret" not in str(err.value)
+    assert "retrying" not in caplog.text

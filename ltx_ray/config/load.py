@@ -381,10 +381,19 @@ def redact(data: Any, _name: str = "") -> Any:
         if _SECRET_NAME.search(_name) and data:
             return REDACTED
         if "://" in data:
-            data = _URL_USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", data)
-            if "?" in data:
-                data = data.split("?", 1)[0] + "?" + REDACTED
+            data = redact_url(data)
     return data
+
+
+def redact_url(url: str) -> str:
+    """`url` as it may be shown: without embedded credentials or query string (presigned URLs sign there).
+
+    Every message, log line and output that names a user's URL goes through this.
+    """
+    url = _URL_USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", url)
+    if "?" in url:
+        url = url.split("?", 1)[0] + "?" + REDACTED
+    return url
 
 
 def dump_yaml(job: JobConfig) -> str:
@@ -404,4 +413,4 @@ def run_name(job: JobConfig) -> str:
     return f"av2av-{digest}"
 
 
-__all__ = ["load_config", "check_rules", "dump_yaml", "redact", "run_name", "to_plain"]
+__all__ = ["load_config", "check_rules", "dump_yaml", "redact", "redact_url", "run_name", "to_plain"]

@@ -1,7 +1,7 @@
 """Safe extraction of the training archive.
 
 Every entry is checked before a single byte is written: no absolute paths or
-`..` (zip-slip), no symlinks, no zip bombs (total size and per-entry
+`..` (zip-slip), no names longer than a file system holds, no symlinks, no zip bombs (total size and per-entry
 compression ratio), and unique file names across folders. macOS metadata and
 hidden files are skipped. All problems are reported together.
 """
@@ -24,6 +24,8 @@ MAX_ENTRIES = 100_000
 MAX_RATIO = 200
 RATIO_MIN_BYTES = 1024 * 1024
 CHUNK = 1024 * 1024
+# The longest file or folder name ext4, XFS, APFS and NTFS hold (bytes of UTF-8 on the first three).
+MAX_NAME_BYTES = 255
 
 
 @dataclass
@@ -123,6 +125,12 @@ def _check_entries(
         # Unsafe entries are refused even inside ignored folders: a zip carrying them is hostile.
         if path.is_absolute() or name.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in path.parts:
             problems.append(Problem(info.filename, "entry escapes the archive folder (absolute path or '..'); refused"))
+            continue
+        too_long = [p for p in path.parts if len(p.encode("utf-8")) > MAX_NAME_BYTES]
+        if too_long:
+            problems.append(Problem(info.filename, f"a name in this path is {len(too_long[0].encode('utf-8'))} bytes "
+                                                   f"long; file systems hold at most {MAX_NAME_BYTES}: shorten it "
+                                                   "(for a pair, its <name> before _start.mp4 / _end.mp4)"))
             continue
         if info.create_system == 3 and stat.S_ISLNK(info.external_attr >> 16):
             problems.append(Problem(info.filename, "symbolic links are not allowed in the archive"))

@@ -3,18 +3,23 @@
 Local paths are used where they are (never copied, never modified). Remote
 files stream to disk under a size cap, with retries and backoff on the
 failures that go away by themselves (timeouts, resets, 5xx, 429). Anything
-else fails at once with a `DatasetError` naming the URL, before any cluster
-time is spent.
+else (4xx, a host name that does not resolve) fails at once with a
+`DatasetError` naming the URL, before any cluster time is spent. A URL is only
+ever shown redacted (`config.load.redact_url`: no credentials, no query
+string); user-info in an http(s) URL is sent as HTTP basic auth, never as part
+of the host name.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import logging
 import os
 import re
 import shutil
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +29,7 @@ from urllib.parse import unquote, urlparse
 
 import pyarrow.fs as pafs
 
+from ltx_ray.config.load import redact_url
 from ltx_ray.config.schema import StorageConfig
 from ltx_ray.errors import DatasetError, Problem
 from ltx_ray.storage import is_local, local_path, resolve_filesystem, scheme_of
@@ -65,25 +71,27 @@ def fetch(
     are returned as they are. Raises `DatasetError` naming the URL when it
     cannot be read or is larger than `max_bytes` in total.
     """
+    shown = redact_url(url)
     if is_local(url):
         try:
             path = local_path(url)
         except ValueError as exc:
-            raise DatasetError(Problem(url, str(exc))) from None
+            raise DatasetError(Problem(shown, str(exc))) from None
         if not path.exists():
-            raise DatasetError(Problem(url, "file not found"))
+            raise DatasetError(Problem(shown, "file not found"))
         return path
 
     scheme = scheme_of(url)
     dest_dir = Path(dest_dir)
     if scheme in ("http", "https"):
-        return _with_retries(url, lambda: _open_http(url), _unique(dest_dir, url), max_bytes, retries, backoff_s)
+        return _with_retries(shown, lambda: _open_http(url), _unique(dest_dir, url), max_bytes, retries, backoff_s)
     if scheme not in ("s3", "gs", "gcs"):
         raise DatasetError(
-            Problem(url, f"unsupported URL scheme {scheme!r}; use a path, file://, http(s)://, s3:// or gs://")
+            Problem(shown, f"unsupported URL scheme {scheme!r}; use a path, file://, http(s)://, s3:// or gs://")
         )
+    url_for_storage, url = url, shown  # below, `url` is what messages name
     try:
-        fs, root = resolve_filesystem(url, storage)
+        fs, root = resolve_filesystem(url_for_storage, storage)
         info = _retrying(url, lambda: fs.get_file_info(root), retries, backoff_s)
     except ValueError as exc:
         raise DatasetError(Problem(url, f"cannot open storage: {exc}")) from None
@@ -181,16 +189,30 @@ def _download(opener: Callable[[], tuple[BinaryIO, int | None]], part: Path, max
 
 
 def _open_http(url: str) -> tuple[BinaryIO, int | None]:
-    request = urllib.request.Request(url, headers={"User-Agent": "ltx-ray"})
+    parts = urlparse(url)
+    headers = {"User-Agent": "ltx-ray"}
+    if parts.username is not None:
+        # user:password@host is HTTP basic auth; left in the URL, urllib would take it for the host name.
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
+        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+        if ":" in (parts.hostname or ""):
+            netloc = f"[{parts.hostname}]" + (f":{parts.port}" if parts.port else "")
+        url = parts._replace(netloc=netloc).geturl()
+    request = urllib.request.Request(url, headers=headers)
+    shown = redact_url(url)
     try:
         response = urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S)
     except urllib.error.HTTPError as exc:
         exc.close()
         if exc.code in _TRANSIENT_STATUS:
             raise _Transient(f"HTTP {exc.code} {exc.reason}") from None
-        raise DatasetError(Problem(url, f"cannot be downloaded: HTTP {exc.code} {exc.reason}")) from None
+        raise DatasetError(Problem(shown, f"cannot be downloaded: HTTP {exc.code} {exc.reason}")) from None
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, socket.gaierror):
+            # A host name that does not resolve stays unresolved: no retries.
+            raise DatasetError(Problem(shown, f"cannot be downloaded: host {parts.hostname!r} not found")) from None
         raise _Transient(f"unreachable: {reason}") from None
     length = response.headers.get("Content-Length")
     return response, int(length) if length and length.isdigit() else None

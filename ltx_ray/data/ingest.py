@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ltx_ray.config.load import redact_url
 from ltx_ray.config.resolution import bucket_size, reference_frames, reference_size
 from ltx_ray.config.schema import RequestConfig, StorageConfig
 from ltx_ray.data.archive import extract_archive
@@ -143,7 +144,7 @@ def build_manifest(request: RequestConfig, workdir: Path, storage: StorageConfig
     download_dir = Path(tempfile.mkdtemp(prefix="download-", dir=workdir))
     try:
         archive = fetch(url, download_dir, storage=storage)
-        return manifest_from_archive(archive, request, workdir, label=url)
+        return manifest_from_archive(archive, request, workdir, label=redact_url(url))
     finally:
         shutil.rmtree(download_dir, ignore_errors=True)
 

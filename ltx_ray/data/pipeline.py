@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 import ray
 import ray.data
 
-from ltx_ray.config.load import run_name as derive_run_name
+from ltx_ray.config.load import redact_url, run_name as derive_run_name
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.data.fetch import content_hash, fetch
 from ltx_ray.errors import DatasetError, Problem
@@ -155,7 +155,7 @@ def _plan(job: JobConfig, archive: Path, workdir: Path) -> tuple[list[dict], dic
     """Extract, pair and probe on the driver: one row per accepted pair, naming its archive members."""
     from ltx_ray.data.ingest import manifest_from_archive
 
-    manifest = manifest_from_archive(archive, job.request, workdir, label=job.request.training_data_url)
+    manifest = manifest_from_archive(archive, job.request, workdir, label=redact_url(job.request.training_data_url))
     rows = [
         {"index": i, "name": p.name, "caption": p.caption, "start_member": p.start_member, "end_member": p.end_member}
         for i, p in enumerate(manifest.pairs)
