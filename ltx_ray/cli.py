@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from ltx_ray.errors import UserError
@@ -60,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     parser = _parser()
@@ -71,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = [*args.overrides, *rest]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # `kill`, `ray job stop` and a pod's termination send SIGTERM: exit through the `finally` blocks, so
+    # temporary folders go and the run's lease is released.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     from ltx_ray.config import dump_yaml, load_config
 
     try:
@@ -105,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             print(out)
             return 0
     except UserError as err:
-        print(f"error: the request was rejected ({len(err.problems)} problem(s)):", file=sys.stderr)
+        print(f"error: {err.headline} ({len(err.problems)} problem(s)):", file=sys.stderr)
         for problem in err.problems:
             print(f"  - {problem}", file=sys.stderr)
         return err.exit_code

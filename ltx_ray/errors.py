@@ -24,6 +24,8 @@ class UserError(Exception):
     """Base of the errors caused by the request or its data, reported as a 422."""
 
     exit_code = 2
+    # How the CLI introduces the problems.
+    headline = "the request was rejected"
 
     def __init__(self, problems: list[Problem] | Problem):
         self.problems = [problems] if isinstance(problems, Problem) else list(problems)
@@ -40,3 +42,16 @@ class DatasetError(UserError):
 
 class ModelError(UserError):
     """A model checkpoint, text-encoder directory or LoRA file is missing, malformed or incomplete."""
+
+
+class StorageError(UserError):
+    """A storage read or write failed for good: a permanent error (access denied, no such bucket, disk
+    full, name too long), or transient errors that outlasted `storage.retry_timeout_s`."""
+
+    headline = "the job stopped on a storage error"
+
+
+class RunLeaseError(UserError):
+    """Another driver holds this run (storage.run_name): two drivers would write one run's files."""
+
+    headline = "the job did not start"

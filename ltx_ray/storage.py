@@ -4,17 +4,31 @@ A URI is a local path, `file://`, `s3://` or `gs://`; `resolve_filesystem`
 turns it into a `pyarrow.fs.FileSystem` and a path inside it. The dataset
 fetcher reads through it, and later stages write caches, checkpoints and
 outputs through it (Ray Train accepts the same pair as `storage_filesystem`).
+
+Every read and write of the job's own files goes through `retrying`: a
+transient error (connection refused or reset, a timeout, a 5xx, throttling)
+is retried with backoff for up to `storage.retry_timeout_s`; a permanent one
+(access denied, no such bucket, disk full, a name too long) stops the job at
+once with a `StorageError` naming the file and the cause.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import time
 from pathlib import Path
+from typing import Callable, TypeVar
 from urllib.parse import unquote, urlparse
 
 import pyarrow.fs as pafs
 
 from ltx_ray.config.schema import StorageConfig
+from ltx_ray.errors import Problem, StorageError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs")
 
@@ -101,12 +115,94 @@ def join(uri: str, *parts: str) -> str:
 
 
 def upload(local: Path, uri: str, storage: StorageConfig | None = None) -> str:
-    """Copy a local file, or a folder tree, to a storage URI; returns the URI."""
+    """Copy a local file, or a folder tree, to a storage URI (transient errors retried); returns the URI."""
     fs, path = resolve_filesystem(uri, storage)
     local = Path(local)
-    fs.create_dir(path if local.is_dir() else path.rsplit("/", 1)[0], recursive=True)
-    pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+    def copy() -> None:
+        fs.create_dir(path if local.is_dir() else path.rsplit("/", 1)[0], recursive=True)
+        pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+    retrying(f"writing {uri}", copy, storage, where=uri)
     return uri
+
+
+# Transient: the store is there but did not answer this time. Matched in pyarrow's messages, which
+# carry the AWS SDK's error names and curl's codes rather than an errno.
+_TRANSIENT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,
+                     errno.EAGAIN, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN}
+_TRANSIENT_MARKERS = ("NETWORK_CONNECTION", "curlCode", "Connection refused", "Connection reset",
+                      "connection reset", "timed out", "Timeout", "SLOW_DOWN", "SlowDown", "Throttl",
+                      "TooManyRequests", "ServiceUnavailable", "Service Unavailable", "INTERNAL_FAILURE",
+                      "InternalError", "RequestTimeout", "HTTP status 5", "Broken pipe", "Couldn't connect")
+# Permanent: retrying cannot help; said in words a user acts on.
+_PERMANENT = ((errno.ENOSPC, "No space left", "no space left on the device: free space or point "
+                                              "storage.storage_path elsewhere"),
+              (errno.EDQUOT, "Disk quota", "the disk quota is exceeded: free space or point storage.storage_path "
+                                           "elsewhere"),
+              (errno.ENAMETOOLONG, "name too long", "a file name is too long for this file system"),
+              (errno.EROFS, "Read-only file system", "the file system is read-only"),
+              (None, "ACCESS_DENIED", "access denied: check the credentials and the bucket's policy"),
+              (errno.EACCES, "Permission denied", "permission denied"),
+              (None, "NoSuchBucket", "the bucket does not exist"),
+              (None, "NO_SUCH_BUCKET", "the bucket does not exist"))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a storage error may go away by itself (and is worth retrying)."""
+    if not isinstance(exc, OSError) or permanent_reason(exc):
+        return False
+    if exc.errno in _TRANSIENT_ERRNOS:
+        return True
+    return any(marker in str(exc) for marker in _TRANSIENT_MARKERS)
+
+
+def permanent_reason(exc: OSError) -> str | None:
+    """Why a storage error cannot pass by itself, in words a user acts on (None: not known to be permanent)."""
+    text = str(exc)
+    for code, marker, reason in _PERMANENT:
+        if (code is not None and exc.errno == code) or marker in text:
+            return reason
+    return None
+
+
+def describe(exc: BaseException) -> str:
+    """A storage error in one phrase: the cause a user acts on where it is known, else the error itself."""
+    reason = permanent_reason(exc) if isinstance(exc, OSError) else None
+    if reason:
+        return reason
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
+def retry_timeout_s(storage: StorageConfig | None) -> float:
+    return storage.retry_timeout_s if storage is not None else StorageConfig.retry_timeout_s
+
+
+def retrying(what: str, fn: Callable[[], T], storage: StorageConfig | None, *, where: str = "") -> T:
+    """Run a storage call, retrying transient errors with backoff for up to `storage.retry_timeout_s`.
+
+    `what` says what the call does ("writing s3://b/run/x"), `where` names the file or folder in the error.
+    A permanent error, or transient ones past the timeout, raise `StorageError`; other exceptions pass.
+    """
+    budget = retry_timeout_s(storage)
+    deadline = time.monotonic() + budget
+    delay, attempts = 0.5, 0
+    while True:
+        try:
+            return fn()
+        except StorageError:
+            raise
+        except OSError as exc:
+            attempts += 1
+            if not is_transient(exc):
+                raise StorageError(Problem(where or what, f"{what} failed: {describe(exc)}")) from exc
+            if time.monotonic() + delay > deadline:
+                raise StorageError(Problem(where or what, f"{what} kept failing for {budget:.0f} s "
+                                                          f"(storage.retry_timeout_s, {attempts} attempts): "
+                                                          f"{describe(exc)}")) from exc
+            log.warning("%s: %s; retrying in %.1f s", what, describe(exc), delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 10.0)
 
 
 def storage_uri(storage: StorageConfig, *parts: str) -> str:

@@ -8,6 +8,7 @@ so a test can pin one training worker per node.
 from __future__ import annotations
 
 import os
+import time
 import re
 
 import pytest
@@ -91,10 +92,36 @@ def s3_server():
     server.start()
     host, port = server.get_host_and_port()
     _set_fake_aws_credentials()
+    _S3_SERVERS.append(server)
     try:
         yield f"http://{host}:{port}"
     finally:
-        server.stop()
+        _S3_SERVERS.pop().stop()
+
+
+_S3_SERVERS: list = []
+
+
+def s3_outage(seconds: float):
+    """Stop the session's S3 server now and start it again on the same port `seconds` later (its data stays:
+    moto's backends live in this process). Returns the thread that restarts it; join it before the test ends."""
+    import threading
+
+    from moto.server import ThreadedMotoServer
+
+    server = _S3_SERVERS[-1]
+    host, port = server.get_host_and_port()
+    server.stop()
+
+    def restart() -> None:
+        time.sleep(seconds)
+        again = ThreadedMotoServer(ip_address=host, port=port)
+        again.start()
+        _S3_SERVERS[-1] = again
+
+    thread = threading.Thread(target=restart, daemon=True)
+    thread.start()
+    return thread
 
 
 @pytest.fixture

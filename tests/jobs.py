@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ltx_ray.config import load_config
@@ -11,6 +12,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tiny_job(tiny_bundle, sample_dataset, storage_path: str, run_name: str, *overrides: str, validation: bool = False):
     """conf/demo.yaml pointed at the session's tiny bundle and sample archive, in `storage_path`."""
+    job, _ = load_config(ROOT / "conf" / "demo.yaml",
+                         [*_tiny_items(tiny_bundle, sample_dataset, storage_path, run_name, validation), *overrides])
+    return job
+
+
+def tiny_command(command: str, tiny_bundle, sample_dataset, storage_path: str, run_name: str, *overrides: str,
+                 validation: bool = False) -> list[str]:
+    """The `ltx-ray <command>` line of the same job (`tiny_job`), for tests that run the CLI as a user does."""
+    return [sys.executable, "-m", "ltx_ray", command, str(ROOT / "conf" / "demo.yaml"),
+            *_tiny_items(tiny_bundle, sample_dataset, storage_path, run_name, validation), *overrides]
+
+
+def _tiny_items(tiny_bundle, sample_dataset, storage_path: str, run_name: str, validation: bool) -> list[str]:
     items = [
         f"request.training_data_url={sample_dataset.archive}",
         f"model.checkpoint={tiny_bundle.checkpoint}",
@@ -25,8 +39,7 @@ def tiny_job(tiny_bundle, sample_dataset, storage_path: str, run_name: str, *ove
         items.append(f"request.validation=[{{prompt: 'av_st9le a moving square', reference_video_url: '{sample_dataset.validation_ref}'}}]")
     else:
         items.append("request.validation=[]")
-    job, _ = load_config(ROOT / "conf" / "demo.yaml", [*items, *overrides])
-    return job
+    return items
 
 
 def s3_overrides(endpoint: str) -> list[str]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -34,7 +36,11 @@ def test_preprocess_builds_a_complete_cache_in_a_local_folder(tmp_path, tiny_bun
     cache = build_latent_cache(job)
     root = Path(cache.uri)
     assert not cache.hit
-    assert (root / COMPLETE_MARKER).is_file() and (root / REPORT_FILE).is_file()
+    assert (root / COMPLETE_MARKER).is_file() and (Path(cache.writer_uri) / REPORT_FILE).is_file()
+    # The marker lists the shards it publishes, each with its size and checksum.
+    marker = json.loads((root / COMPLETE_MARKER).read_text())
+    assert marker["writer"] == cache.writer and [s["path"] for s in marker["shards"]] == cache.shards
+    assert all((root / s["path"]).stat().st_size == s["size"] and len(s["sha256"]) == 64 for s in marker["shards"])
     assert cache.report["pairs_in"] == cache.report["pairs_out"] == 3
     assert _decodes(decode_log) == 3
     samples = load_samples(cache.dataset().iter_torch_batches(batch_size=8, collate_fn=UnpackLatents()))
@@ -66,20 +72,21 @@ def test_interrupted_write_leaves_no_complete_looking_cache(tmp_path, tiny_bundl
     job = tiny_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-crash")
     real_write = pipeline._write_json
 
-    def crash_before_marker(fs, path, data):
+    def crash_before_marker(fs, path, data, job):
         if path.endswith(COMPLETE_MARKER):
             raise KeyboardInterrupt("driver stopped after the shards, before the marker")
-        real_write(fs, path, data)
+        real_write(fs, path, data, job)
 
     monkeypatch.setattr(pipeline, "_write_json", crash_before_marker)
     with pytest.raises(KeyboardInterrupt):
         build_latent_cache(job)
     monkeypatch.setattr(pipeline, "_write_json", real_write)
     partial = next((tmp_path / "runs" / "prep-crash" / "latents").iterdir())
-    assert (partial / "shards").is_dir() and not (partial / COMPLETE_MARKER).exists()
+    (write,) = partial.iterdir()
+    assert (write / "shards").is_dir() and not (partial / COMPLETE_MARKER).exists()
 
     assert find_cache(job, "prep-crash", partial.name) is None
-    assert not partial.exists()  # the incomplete cache was removed
+    assert not write.exists()  # the incomplete write was removed
     rebuilt = build_latent_cache(job)
     assert not rebuilt.hit and (Path(rebuilt.uri) / COMPLETE_MARKER).is_file()
     assert _decodes(decode_log) == 6
@@ -113,7 +120,8 @@ def test_preprocess_into_an_s3_bucket(tmp_path, tiny_bundle, sample_dataset, dec
     cache = build_latent_cache(job)
     keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_server).list_objects_v2(Bucket=s3_bucket)["Contents"]]
     assert f"runs/prep-s3/latents/{cache.key}/{COMPLETE_MARKER}" in keys
-    assert any(k.startswith(f"runs/prep-s3/latents/{cache.key}/shards/") and k.endswith(".parquet") for k in keys)
+    assert any(k.startswith(f"runs/prep-s3/latents/{cache.key}/{cache.writer}/shards/") and k.endswith(".parquet")
+               for k in keys)
     # The local archive was staged in the bucket for the decode workers of every node.
     assert f"runs/prep-s3/inputs/{cache.key}.zip" in keys
     assert cache.dataset().count() == 3
@@ -199,3 +207,39 @@ def test_decode_tasks_shrink_towards_the_end_and_cover_every_pair_once(pairs, wo
     # Far fewer tasks than pairs once the archive is large (Ray Data's per-task cost).
     if pairs >= 40:
         assert len(sizes) <= pairs // 2
+
+
+def test_a_damaged_shard_is_named_and_the_cache_rebuilt(tmp_path, tiny_bundle, sample_dataset, decode_log, caplog):
+    job = tiny_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-damaged")
+    first = build_latent_cache(job)
+    shard = Path(first.uri) / first.shards[0]
+    size = shard.stat().st_size
+    shard.write_bytes(shard.read_bytes()[: size // 2])  # cut short; the marker is intact
+    with caplog.at_level("WARNING", logger="ltx_ray.data.pipeline"):
+        second = build_latent_cache(job)
+    assert not second.hit and _decodes(decode_log) == 6
+    assert f"{shard} is {size // 2} bytes, the marker says {size}" in caplog.text
+    assert not shard.exists() and second.dataset().count() == 3
+
+    # The same size, one byte changed: only the checksum sees it.
+    shard = Path(second.uri) / second.shards[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ltx_ray.data.pipeline"):
+        third = build_latent_cache(job)
+    assert not third.hit and f"{shard} does not match its checksum" in caplog.text
+    assert third.dataset().count() == 3
+
+
+def test_readers_read_only_the_shards_the_marker_lists(tmp_path, tiny_bundle, sample_dataset, decode_log):
+    job = tiny_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-two-writers")
+    cache = build_latent_cache(job)
+    # A second writer of the same key that has not published (or lost): its shards lie beside the cache's.
+    other = Path(cache.uri) / "w-other-writer"
+    shutil.copytree(Path(cache.writer_uri), other)
+    found = find_cache(job, "prep-two-writers", cache.key)
+    assert found.hit and found.shards == cache.shards
+    assert found.dataset().count() == 3  # not 6
+    assert not other.exists()  # listed by no marker: removed

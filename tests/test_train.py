@@ -56,13 +56,15 @@ def test_zero2_run_writes_the_lora_and_config_to_local_storage(reference_run):
 
 def test_checkpoints_are_pruned_and_hold_no_frozen_base_weights(reference_run, tiny_bundle):
     job, result, runs = reference_run
-    checkpoints = sorted(p for p in (runs / "reference").glob("checkpoint_*") if p.is_dir())
+    checkpoints = sorted((runs / "reference" / "checkpoints").glob("step_*"))
     assert len(checkpoints) == job.train.num_checkpoints_to_keep  # 4 were written, 3 kept
     state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
     assert state["step"] == STEPS
     # One world-size-free file of training state, no DeepSpeed per-rank files.
     assert sorted(p.name for p in checkpoints[-1].iterdir()) == [
-        "config.json", "lora.safetensors", "train_state.safetensors", "trainer_state.json"]
+        "_MANIFEST.json", "config.json", "lora.safetensors", "train_state.safetensors", "trainer_state.json"]
+    # Nothing else in the run's folder looks like a checkpoint: Ray Train is handed none.
+    assert not list((runs / "reference").glob("checkpoint_*"))
     state_bytes = (checkpoints[-1] / "train_state.safetensors").stat().st_size
     lora = _lora_params(result["lora_file"])
     # fp32 LoRA master weights + two AdamW moments = 12 bytes per LoRA parameter, plus the header;
@@ -105,7 +107,7 @@ def test_zero3_run_to_an_s3_bucket(tmp_path, tiny_bundle, sample_dataset, s3_ser
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]]
     for name in (LORA_NAME, "config.json", "validation_reel.mp4", "wandb/run-zero3.wandb"):
         assert f"runs/zero3/outputs/{name}" in keys, name
-    assert any(k.startswith("runs/zero3/checkpoint_") and k.endswith("lora.safetensors") for k in keys)
+    assert any(k.startswith("runs/zero3/checkpoints/step_") and k.endswith("lora.safetensors") for k in keys)
     local = tmp_path / "lora.safetensors"
     s3.download_file(s3_bucket, f"runs/zero3/outputs/{LORA_NAME}", str(local))
     # Gathered from the ZeRO-3 shards: the same keys and shapes as the ZeRO-2 LoRA.
@@ -149,38 +151,41 @@ def test_rerunning_the_command_after_the_driver_died_resumes_from_storage(tmp_pa
         f"request.training_data_url={job.request.training_data_url}",
         f"model.checkpoint={job.model.checkpoint}", f"model.text_encoder={job.model.text_encoder}",
         f"storage.storage_path={runs}", "storage.run_name=driver-restart", "request.validation=[]",
-        "cluster.resources_per_worker={CPU: 0.5}", "train.checkpoint_every=20",
+        "cluster.resources_per_worker={CPU: 0.5}", "train.checkpoint_every=20", "storage.lease_timeout_s=20",
         # Smaller than the estimate of any run: the driver's pre-flight must warn, and the run goes on.
         "cluster.gpu_memory_gb=0.5",
     ]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
     first = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
-    snapshot = runs / "driver-restart" / "checkpoint_manager_snapshot.json"
+    manifests = lambda: sorted((runs / "driver-restart" / "checkpoints").glob("step_*/_MANIFEST.json"))  # noqa: E731
     deadline = time.time() + 400
-    while not (snapshot.exists() and "checkpoint_" in snapshot.read_text()):
-        assert first.poll() is None, "the first driver ended before registering a checkpoint"
+    while not manifests():
+        assert first.poll() is None, "the first driver ended before writing a checkpoint"
         assert time.time() < deadline, "no checkpoint within the time limit"
         time.sleep(0.5)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
-    # What the re-run sees: the latest checkpoint the snapshot in storage registered.
-    latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]["checkpoint_dir_name"]
-    saved = json.loads((runs / "driver-restart" / latest / "trainer_state.json").read_text())["step"]
+    killed = time.time()
+    # What the re-run sees: the newest verified checkpoint in storage.
+    saved = json.loads((manifests()[-1].parent / "trainer_state.json").read_text())["step"]
     assert 0 < saved < STEPS
+    # The killed driver's lease is still fresh: a driver started at once must not run beside a live one.
+    held = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert held.returncode == 2 and "is held by another driver" in held.stderr, held.stderr[-2000:]
+    # storage.lease_timeout_s after its last heartbeat, the lease of a driver that died is taken over.
+    time.sleep(max(0.0, killed + 20 - time.time()))
 
     second = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"resuming from step {saved}" in second.stdout + second.stderr
     preflight = second.stderr.index("pre-flight: the training worker needs an estimated")
     assert "0.5 GiB of cluster.gpu_memory_gb=0.5" in second.stderr[preflight:preflight + 400]
-    final = json.loads((max((runs / "driver-restart").glob("checkpoint_*/"),
-                            key=lambda p: p.name) / "trainer_state.json").read_text())
-    assert final["step"] == STEPS
+    assert json.loads((_final_checkpoint(runs / "driver-restart") / "trainer_state.json").read_text())["step"] == STEPS
 
 
 def _final_checkpoint(run_dir: Path) -> Path:
-    return max((p for p in run_dir.glob("checkpoint_*") if p.is_dir()),
+    return max((p.parent for p in (run_dir / "checkpoints").glob("step_*/_MANIFEST.json")),
                key=lambda p: json.loads((p / "trainer_state.json").read_text())["step"])
 
 
@@ -219,7 +224,8 @@ def preempted_run(tmp_path_factory, tiny_bundle, sample_dataset, ray_nodes, refe
     outcome: dict = {}
     driver = threading.Thread(target=lambda: outcome.update(result=run_job(job)), daemon=True)
     driver.start()
-    states = lambda: [json.loads(p.read_text()) for p in run_dir.glob("checkpoint_*/trainer_state.json")]  # noqa: E731
+    states = lambda: [json.loads((p.parent / "trainer_state.json").read_text())  # noqa: E731
+                      for p in (run_dir / "checkpoints").glob("step_*/_MANIFEST.json")]
     deadline = time.time() + 600
     while not any(s["step"] >= 25 for s in states()):
         assert driver.is_alive() and time.time() < deadline, "the run wrote no checkpoint"
@@ -229,14 +235,8 @@ def preempted_run(tmp_path_factory, tiny_bundle, sample_dataset, ray_nodes, refe
     while not any(s["reason"] == "preemption" for s in states()):
         assert driver.is_alive() and time.time() < deadline, "no just-in-time checkpoint after the notice"
         time.sleep(0.1)
-    jit_dir = next(p.parent for p in run_dir.glob("checkpoint_*/trainer_state.json")
-                   if json.loads(p.read_text())["reason"] == "preemption")
-    jit = json.loads((jit_dir / "trainer_state.json").read_text())
-    # The node lives until its deadline: long enough for Ray Train to register the uploaded checkpoint.
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
-    while not (snapshot.exists() and jit_dir.name in snapshot.read_text()):
-        assert driver.is_alive() and time.time() < deadline, "the just-in-time checkpoint was never registered"
-        time.sleep(0.1)
+    # Verified (its manifest is written last) while the node lives until its deadline.
+    jit = next(s for s in states() if s["reason"] == "preemption")
     ray_nodes.remove_node(worker_node)  # the reclaim: the node and its worker are gone
     try:
         driver.join(timeout=600)

@@ -200,6 +200,12 @@ class StorageConfig:
     # For S3-compatible stores (MinIO, moto, R2); credentials come from the environment.
     endpoint_override: Optional[str] = None
     region: Optional[str] = None
+    # How long a read or write of the job's files retries transient errors (connection refused/reset,
+    # timeouts, 5xx, throttling) before the job stops; permanent errors stop it at once.
+    retry_timeout_s: float = 120.0
+    # A driver holds its run with a lease (`<run>/_LEASE.json`) whose heartbeat it renews every quarter of
+    # this; a lease not renewed for this long belongs to a driver that died, and the next one takes it over.
+    lease_timeout_s: float = 60.0
 
 
 @dataclass
@@ -255,6 +261,8 @@ RULES: Dict[str, tuple[Any, Any]] = {
     "train.validation_guidance_rescale": (0.0, 1.0),
     "train.validation_video_modality_scale": (1.0, 20.0),
     "train.validation_audio_modality_scale": (1.0, 20.0),
+    "storage.retry_timeout_s": (0.0, 86400.0),
+    "storage.lease_timeout_s": (5.0, 86400.0),
 }
 
 ENUMS: Dict[str, tuple] = {

@@ -32,7 +32,7 @@ import pyarrow.fs as pafs
 from ltx_ray.config.load import redact_url
 from ltx_ray.config.schema import StorageConfig
 from ltx_ray.errors import DatasetError, Problem
-from ltx_ray.storage import is_local, local_path, resolve_filesystem, scheme_of
+from ltx_ray.storage import is_local, local_path, permanent_reason, resolve_filesystem, scheme_of
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,9 @@ def _retrying(url: str, fn: Callable, retries: int, backoff_s: float):
         try:
             return fn()
         except (_Transient, OSError) as exc:
+            reason = permanent_reason(exc) if isinstance(exc, OSError) else None
+            if reason:  # access denied, no such bucket, disk full: another try cannot help
+                raise DatasetError(Problem(url, f"cannot be downloaded: {reason}")) from None
             if attempt >= retries:
                 raise DatasetError(Problem(url, f"cannot be downloaded after {attempt + 1} attempts: {exc}")) from None
             wait = backoff_s * 2**attempt

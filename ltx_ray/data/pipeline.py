@@ -12,10 +12,13 @@ Stages, in the order data flows:
 3. `Encode` (an actor pool, one GPU per actor on GPU clusters): the video VAE
    encoder, audio VAE encoder and text encoder load once per actor and turn
    each pair into latents and caption embeddings;
-4. the writer: Parquet shards with fixed-shape tensor columns under
-   `<storage_path>/<run>/latents/<key>/shards/`, then `report.json`, then
-   `_COMPLETE.json` last. A cache without `_COMPLETE.json` is incomplete and
-   is deleted and rebuilt by the next run.
+4. the writer: Parquet shards with fixed-shape tensor columns under a prefix
+   of its own, `<storage_path>/<run>/latents/<key>/<writer>/shards/`, then
+   `report.json` beside them, then `<key>/_COMPLETE.json` last: it publishes
+   the cache and lists its shards with their sizes and SHA-256. Readers read
+   only the listed shards, so two writers can never mix theirs; a cache whose
+   shards do not match its marker is named, deleted and rebuilt, and writer
+   folders no marker lists (a writer that died) are removed.
 
 A pair that fails inside the pipeline travels on as a row with an `error`
 and empty tensors, so the report names it and its reason; training reads
@@ -33,6 +36,7 @@ import shutil
 import struct
 import tempfile
 import time
+import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,16 +49,18 @@ import pyarrow.parquet as pq
 import ray
 import ray.data
 
+from ltx_ray import tempdirs
 from ltx_ray.config.load import redact_url, run_name as derive_run_name
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.data.fetch import content_hash, fetch
 from ltx_ray.errors import DatasetError, Problem
-from ltx_ray.storage import is_local, join, local_path, resolve_filesystem, storage_uri, upload
+from ltx_ray.storage import is_local, join, local_path, resolve_filesystem, retrying, storage_uri, upload
 
 log = logging.getLogger(__name__)
 
 # 2: temporally subsampled references keep frames 0, 1, 1+k, ... (were 0, k, 2k, ...).
-CACHE_FORMAT = 2
+# 3: shards under a writer prefix, listed with sizes and checksums in the marker.
+CACHE_FORMAT = 3
 COMPLETE_MARKER = "_COMPLETE.json"
 REPORT_FILE = "report.json"
 # The fitted clips in a decoded row's `media` blob: tensor name -> `FittedPair` field.
@@ -72,17 +78,20 @@ class LatentCache:
     hit: bool
     report: dict[str, Any] = field(default_factory=dict)
     storage: Any = None
+    writer: str = ""  # the writer prefix that holds this cache's files
+    shards: list[str] = field(default_factory=list)  # their paths under `uri`, as the marker lists them
 
     @property
-    def shards_uri(self) -> str:
-        return join(self.uri, "shards")
+    def writer_uri(self) -> str:
+        return join(self.uri, self.writer)
 
     def dataset(self) -> ray.data.Dataset:
-        """The cached latents of the accepted pairs, as a Ray Dataset."""
-        fs, path = resolve_filesystem(self.shards_uri, self.storage)
+        """The cached latents of the accepted pairs, as a Ray Dataset (the marker's shards, no others)."""
+        fs, path = resolve_filesystem(self.uri, self.storage)
         from ray.data.expressions import col
 
-        ds = ray.data.read_parquet(path, filesystem=fs).select_columns(["index", "error", "latents"])
+        ds = ray.data.read_parquet([join(path, s) for s in self.shards], filesystem=fs)
+        ds = ds.select_columns(["index", "error", "latents"])
         return ds.filter(expr=col("error") == "").select_columns(["index", "latents"])
 
 
@@ -110,18 +119,73 @@ def cache_key(job: JobConfig, archive_sha256: str, model_identity: str) -> str:
 
 
 def find_cache(job: JobConfig, run: str, key: str) -> LatentCache | None:
-    """The complete cache for `key`, or None (an incomplete one is deleted)."""
+    """The complete, verified cache for `key`, or None.
+
+    Writer folders that no marker lists are left over from a writer that stopped, and are deleted;
+    a cache whose shards do not match its marker is named, deleted and rebuilt.
+    """
     uri = cache_uri(job, run, key)
     fs, path = resolve_filesystem(uri, job.storage)
-    marker = fs.get_file_info(join(path, COMPLETE_MARKER))
-    if marker.type == pafs.FileType.File:
-        with fs.open_input_stream(join(path, REPORT_FILE)) as f:
-            report = json.loads(f.read())
-        return LatentCache(uri=uri, key=key, hit=True, report=report, storage=job.storage)
-    if fs.get_file_info(path).type == pafs.FileType.Directory:
-        log.warning("deleting an incomplete latent cache (no %s): %s", COMPLETE_MARKER, uri)
-        fs.delete_dir(path)
-    return None
+    entries = retrying(f"listing {uri}", lambda: fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)),
+                       job.storage)
+    names = {e.base_name: e for e in entries}
+    marker, problem = None, ""
+    if COMPLETE_MARKER in names:
+        try:
+            marker = json.loads(_read(fs, join(path, COMPLETE_MARKER), job))
+            if marker.get("format") != CACHE_FORMAT or not isinstance(marker.get("shards"), list):
+                marker, problem = None, f"its {COMPLETE_MARKER} is of an earlier format"
+        except ValueError:
+            problem = f"its {COMPLETE_MARKER} is damaged"
+    if marker is not None:
+        problem = _verify_shards(fs, path, uri, marker["shards"], job)
+    if problem:
+        log.warning("latent cache %s is unusable (%s): deleting it and rebuilding", uri, problem)
+        retrying(f"deleting {uri}", lambda: fs.delete_dir(path), job.storage, where=uri)
+        return None
+    for name, entry in names.items():
+        if entry.type == pafs.FileType.Directory and name != (marker or {}).get("writer"):
+            log.warning("deleting an incomplete latent cache write (listed by no %s): %s", COMPLETE_MARKER,
+                        join(uri, name))
+            retrying(f"deleting {join(uri, name)}", lambda: fs.delete_dir(entry.path), job.storage)
+    if marker is None:
+        return None
+    report = json.loads(_read(fs, join(path, marker["writer"], REPORT_FILE), job))
+    return LatentCache(uri=uri, key=key, hit=True, report=report, storage=job.storage, writer=marker["writer"],
+                       shards=[s["path"] for s in marker["shards"]])
+
+
+def _verify_shards(fs: pafs.FileSystem, root: str, uri: str, shards: list[dict], job: JobConfig) -> str:
+    """Why the marker's shards are not what it says ("" when every size and SHA-256 matches)."""
+    for shard in shards:
+        where = join(uri, shard["path"])
+        info = retrying(f"looking up {where}", lambda: fs.get_file_info(join(root, shard["path"])), job.storage)
+        if info.type != pafs.FileType.File:
+            return f"{where} is missing"
+        if info.size != shard["size"]:
+            return f"{where} is {info.size} bytes, the marker says {shard['size']}"
+        if _sha256(fs, join(root, shard["path"]), job) != shard["sha256"]:
+            return f"{where} does not match its checksum"
+    return ""
+
+
+def _sha256(fs: pafs.FileSystem, path: str, job: JobConfig) -> str:
+    def digest() -> str:
+        h = hashlib.sha256()
+        with fs.open_input_stream(path) as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    return retrying(f"reading {path}", digest, job.storage, where=path)
+
+
+def _read(fs: pafs.FileSystem, path: str, job: JobConfig) -> bytes:
+    def read() -> bytes:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+
+    return retrying(f"reading {path}", read, job.storage, where=path)
 
 
 def cache_uri(job: JobConfig, run: str, key: str) -> str:
@@ -134,7 +198,7 @@ def build_latent_cache(job: JobConfig, run: str | None = None) -> LatentCache:
     from ltx_ray.model.loader import checkpoint_identity
 
     run = run or derive_run_name(job)
-    workdir = Path(tempfile.mkdtemp(prefix="ltx-ray-prep-"))
+    workdir = tempdirs.make("prep")
     try:
         archive = fetch(job.request.training_data_url, workdir, storage=job.storage)
         key = cache_key(job, content_hash(archive), checkpoint_identity(job.model.checkpoint))
@@ -148,7 +212,7 @@ def build_latent_cache(job: JobConfig, run: str | None = None) -> LatentCache:
             row["archive_uri"] = staged
         return _run_pipeline(job, run, key, rows, report)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        tempdirs.remove(workdir)
 
 
 def _plan(job: JobConfig, archive: Path, workdir: Path) -> tuple[list[dict], dict[str, Any]]:
@@ -300,7 +364,7 @@ def _decode_pair(pair: dict[str, Any], request, storage, debug_uri: str) -> pa.T
     name = pair["name"]
     _note_decode(name)
     started = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix="ltx-ray-pair-"))
+    tmp = tempdirs.make("pair")
     error, media, decoded = "", b"", 0
     try:
         start, end = _read_members(pair["archive_uri"], [pair["start_member"], pair["end_member"]], storage, tmp)
@@ -320,7 +384,7 @@ def _decode_pair(pair: dict[str, Any], request, storage, debug_uri: str) -> pa.T
     except Exception as exc:  # reported per pair; the run goes on with the others
         error = f"{type(exc).__name__}: {exc}"
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tempdirs.remove(tmp)
     row = {
         "index": pair["index"], "name": name, "caption": pair["caption"], "error": error, "decoded_clips": decoded,
         "decode_seconds": time.perf_counter() - started, "decode_rss_mb": _peak_rss_mb(),
@@ -336,7 +400,7 @@ def publish_debug_dataset(job: JobConfig, cache: LatentCache, out_uri: str) -> s
     """Merge the per-pair debug zips of the cache into the `debug_dataset` output (when requested)."""
     if not job.request.debug_dataset:
         return None
-    fs, path = resolve_filesystem(join(cache.uri, "debug"), job.storage)
+    fs, path = resolve_filesystem(join(cache.writer_uri, "debug"), job.storage)
     parts = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)) if i.is_file)
     with tempfile.TemporaryDirectory() as tmp:
         merged = Path(tmp) / "debug_dataset.zip"
@@ -433,8 +497,11 @@ def _run_pipeline(job: JobConfig, run: str, key: str, rows: list[dict], report: 
     c = job.cluster
     uri = cache_uri(job, run, key)
     fs, path = resolve_filesystem(uri, job.storage)
+    # This write's own prefix: nothing another writer of the same key does can touch or mix into it.
+    writer = f"w-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    own = join(path, writer)
     started = time.perf_counter()
-    ds = decode_stage(job, rows, debug_uri=join(uri, "debug"))
+    ds = decode_stage(job, rows, debug_uri=join(uri, writer, "debug"))
     ds = ds.map_batches(
         Encode,
         fn_constructor_kwargs={"model_cfg": job.model, "use_gpu": c.use_gpu, "precision": c.precision},
@@ -444,23 +511,29 @@ def _run_pipeline(job: JobConfig, run: str, key: str, rows: list[dict], report: 
         num_cpus=1,
         runtime_env={"env_vars": LARGE_BUFFER_ENV},
     )
-    ds.write_parquet(join(path, "shards"), filesystem=fs)
+    ds.write_parquet(join(own, "shards"), filesystem=fs)
     seconds = time.perf_counter() - started
 
+    files = retrying(f"listing {join(uri, writer)}",
+                     lambda: fs.get_file_info(pafs.FileSelector(join(own, "shards"))), job.storage)
+    shards = [{"path": f"{writer}/shards/{f.base_name}", "size": f.size, "sha256": _sha256(fs, f.path, job)}
+              for f in sorted(files, key=lambda f: f.base_name) if f.type == pafs.FileType.File]
     table = pq.read_table(
-        join(path, "shards"), filesystem=fs,
+        [join(path, s["path"]) for s in shards], filesystem=fs,
         columns=["name", "error", "decoded_clips", "decode_seconds", "decode_rss_mb", "encode_seconds"],
     )
     report = _finish_report(report, table.to_pylist(), seconds)
-    _write_json(fs, join(path, REPORT_FILE), report)
+    _write_json(fs, join(own, REPORT_FILE), report, job)
     if report["pairs_out"] == 0:
         raise DatasetError(
             [Problem(f["name"], f["reason"]) for f in report["failed"]]
             or Problem("request.training_data_url", "no pair could be preprocessed")
         )
-    _write_json(fs, join(path, COMPLETE_MARKER), {"key": key, "format": CACHE_FORMAT, "pairs": report["pairs_out"]})
+    _write_json(fs, join(path, COMPLETE_MARKER), {"key": key, "format": CACHE_FORMAT, "pairs": report["pairs_out"],
+                                                  "writer": writer, "shards": shards}, job)
     log.info("latent cache written: %s", uri)
-    return LatentCache(uri=uri, key=key, hit=False, report=report, storage=job.storage)
+    return LatentCache(uri=uri, key=key, hit=False, report=report, storage=job.storage, writer=writer,
+                       shards=[s["path"] for s in shards])
 
 
 # Ray Data pays a fixed cost per task: on a node whose CPUs are all busy, ~0.2 s passes
@@ -546,9 +619,12 @@ def _finish_report(report: dict[str, Any], rows: list[dict], seconds: float) -> 
     return report
 
 
-def _write_json(fs: pafs.FileSystem, path: str, data: dict) -> None:
-    with fs.open_output_stream(path) as f:
-        f.write(json.dumps(data, indent=2).encode())
+def _write_json(fs: pafs.FileSystem, path: str, data: dict, job: JobConfig) -> None:
+    def write() -> None:
+        with fs.open_output_stream(path) as f:
+            f.write(json.dumps(data, indent=2).encode())
+
+    retrying(f"writing {path}", write, job.storage, where=path)
 
 
 def _decode_memory_bytes(job: JobConfig) -> int:
@@ -564,10 +640,12 @@ def _decode_memory_bytes(job: JobConfig) -> int:
 
 def run_preprocess(job: JobConfig) -> LatentCache:
     """`ltx-ray preprocess`: build (or find) the latent cache and print where it is."""
+    from ltx_ray import lease
     from ltx_ray.train.driver import init_ray
 
     init_ray(job)
-    cache = build_latent_cache(job)
+    with lease.hold(job, derive_run_name(job)):
+        cache = build_latent_cache(job)
     r = cache.report
     state = "found (cache hit, nothing decoded)" if cache.hit else "built"
     print(f"latent cache {state}: {cache.uri}")

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ltx_ray import tempdirs
 from ltx_ray.config.resolution import bucket_size
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.data.fetch import fetch
@@ -90,7 +90,7 @@ def build_validation_set(job: JobConfig, out_file: Path) -> Path:
     tensors["negative_video_context"] = negative.video_context.cpu()
     tensors["negative_audio_context"] = negative.audio_context.cpu()
     tensors["negative_context_mask"] = negative.attention_mask.cpu()
-    tmp = Path(tempfile.mkdtemp(prefix="ltx-ray-val-"))
+    tmp = tempdirs.make("val")
     try:
         for i, sample in enumerate(r.validation):
             video_path = fetch(sample.reference_video_url, tmp, storage=job.storage)
@@ -115,7 +115,7 @@ def build_validation_set(job: JobConfig, out_file: Path) -> Path:
             tensors[f"{i}.context_mask"] = text.attention_mask.cpu()
             tensors[f"{i}.shown_video"] = torch.from_numpy(shown.video)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tempdirs.remove(tmp)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     meta = {"count": str(len(r.validation)), "prompts": json.dumps([s.prompt for s in r.validation])}
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out_file), metadata=meta)

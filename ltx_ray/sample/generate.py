@@ -11,8 +11,6 @@ any model is loaded; a refusal is a `UserError` (exit 2) naming the input.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ltx_ray import tempdirs
 from ltx_ray.config.resolution import bucket_size
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.data.fetch import fetch
@@ -51,7 +50,7 @@ def generate(job: JobConfig, req: GenerateRequest) -> str:
     from ltx_ray.model.lora import check_ic_lora
 
     r = job.request
-    tmp = Path(tempfile.mkdtemp(prefix="ltx-ray-generate-"))
+    tmp = tempdirs.make("generate")
     try:
         # Every refusal comes before any model is loaded.
         lora = check_ic_lora(fetch(req.lora, tmp, storage=job.storage), job.model.checkpoint)
@@ -92,7 +91,7 @@ def generate(job: JobConfig, req: GenerateRequest) -> str:
         log.info("wrote %s in %.0f s", out, time.perf_counter() - started)
         return out
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tempdirs.remove(tmp)
 
 
 def prepare_reference(job: JobConfig, req: GenerateRequest, lora, workdir: Path):

@@ -1,115 +1,330 @@
-"""Training checkpoints: the world-size-free training state, the LoRA file and the loop's state.
+"""Training checkpoints: complete and verified, or absent.
 
-Layout of one checkpoint directory (rank 0 writes it; Ray Train uploads it to
-`<storage_path>/<run>/checkpoint_<timestamp>/`):
+Layout in the run's storage folder (`<storage_path>/<run>/checkpoints/`):
 
-    train_state.safetensors   LoRA fp32 weights, AdamW moments and counters, LR-scheduler state
-                              (`train.train_state`: loads on any world size and either ZeRO stage)
-    lora.safetensors          the LoRA at this step, in LTX naming
-    trainer_state.json        step, data position, seed, global batch, the world size that wrote it
-                              and why (`interval`, `final`, `preemption`); the samples and noise
-                              of every step follow from (seed, step, place in the global batch)
-    config.json               the redacted job config
+    step_000000025/
+      train_state.safetensors   LoRA fp32 weights, AdamW moments and counters, LR-scheduler state
+                                (`train.train_state`: loads on any world size and either ZeRO stage)
+      lora.safetensors          the LoRA at this step, in LTX naming
+      trainer_state.json        step, data position, seed, global batch, the world size that wrote it
+                                and why (`interval`, `final`, `preemption`); the samples and noise
+                                of every step follow from (seed, step, place in the global batch)
+      config.json               the redacted job config
+      _MANIFEST.json            written last: every file's size and SHA-256
 
-The upload runs in the background (Ray Train's asynchronous upload), so
-training goes on while a checkpoint travels to object storage.
+A folder without its manifest, or whose files do not match it, is not a
+checkpoint: it is never resumed from or counted, and pruning removes it.
+Pruning never removes the newest verified checkpoint. Resuming lists these
+folders itself, so it depends on nothing but them (not on Ray Train's
+snapshot, which a storage blip can leave unwritten); a checkpoint that fails
+to load is named and the previous one is tried.
+
+Rank 0 writes: the state is gathered (a collective), written to a local
+folder, and uploaded by one background thread while training goes on.
+Transient storage errors are retried (`storage.retry_timeout_s`); an error
+that stays is kept and ends the run at the next step (`CheckpointWriter.error`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import shutil
-import tempfile
-from contextlib import contextmanager
+import logging
+import queue
+import re
+import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import ray.train
+import pyarrow.fs as pafs
 
+from ltx_ray import tempdirs
 from ltx_ray.config.load import redact, to_plain
 from ltx_ray.config.schema import JobConfig
-from ltx_ray.model.lora import lora_state_dict, save_lora_file
-from ltx_ray.train import train_state
+from ltx_ray.errors import ConfigError, Problem, StorageError
+from ltx_ray.storage import describe, join, resolve_filesystem, retrying, storage_uri, upload
 
+log = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+MANIFEST = "_MANIFEST.json"
+LAYOUT = "ltx-ray/checkpoint/1"
 LORA_FILE = "lora.safetensors"
 STATE_FILE = "trainer_state.json"
 CONFIG_FILE = "config.json"
+_STEP_DIR = re.compile(r"step_(\d+)")
 
 
-def save_and_report(engine, job: JobConfig, *, step: int, state: dict[str, Any], rank: int,
-                    metrics: dict[str, Any], lora_metadata: dict[str, str]) -> None:
-    """Gather the training state, write it on rank 0 and hand it to Ray Train (all ranks must call)."""
-    tensors, meta = train_state.gather(engine)  # collective
-    lora = lora_state_dict(engine)  # collective under ZeRO-3
-    if rank != 0:
-        ray.train.report(metrics, checkpoint=None)
-        return
-    tmp = Path(tempfile.mkdtemp(prefix="ltx-ray-ckpt-"))
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A verified checkpoint in storage: every file present with the size its manifest records."""
+
+    uri: str
+    step: int
+    files: dict[str, dict[str, Any]]  # name -> {"size": bytes, "sha256": hex}
+
+    def file_uri(self, name: str) -> str:
+        return join(self.uri, name)
+
+
+def checkpoints_uri(job: JobConfig, run: str) -> str:
+    return storage_uri(job.storage, run, CHECKPOINTS_DIR)
+
+
+def scan(job: JobConfig, run: str) -> tuple[list[StoredCheckpoint], list[tuple[str, str]]]:
+    """The run's verified checkpoints, newest first, and the folders that are not (uri, why)."""
+    root_uri = checkpoints_uri(job, run)
+    fs, root = resolve_filesystem(root_uri, job.storage)
+    entries = retrying(f"listing {root_uri}",
+                       lambda: fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)), job.storage)
+    verified, rejected = [], []
+    for entry in entries:
+        match = _STEP_DIR.fullmatch(entry.base_name)
+        if entry.type != pafs.FileType.Directory or not match:
+            continue
+        uri = join(root_uri, entry.base_name)
+        files = {i.base_name: i.size for i in retrying(
+            f"listing {uri}", lambda: fs.get_file_info(pafs.FileSelector(entry.path)), job.storage)}
+        if MANIFEST not in files:
+            rejected.append((uri, "incomplete: it has no manifest (its writer stopped before finishing)"))
+            continue
+        try:
+            manifest = json.loads(_read_bytes(fs, f"{entry.path}/{MANIFEST}", job, uri))
+            listed = manifest["files"]
+        except (ValueError, KeyError, TypeError):
+            rejected.append((uri, f"its {MANIFEST} is damaged"))
+            continue
+        wrong = [f"{name} is {files.get(name, 'missing')} bytes, the manifest says {e['size']}"
+                 for name, e in listed.items() if files.get(name) != e["size"]]
+        if wrong:
+            rejected.append((uri, "damaged: " + "; ".join(wrong)))
+            continue
+        verified.append(StoredCheckpoint(uri=uri, step=int(match.group(1)), files=listed))
+    verified.sort(key=lambda c: c.step, reverse=True)
+    return verified, rejected
+
+
+def latest(job: JobConfig, run: str) -> StoredCheckpoint | None:
+    verified, _ = scan(job, run)
+    return verified[0] if verified else None
+
+
+def publish(local: Path, job: JobConfig, run: str, step: int) -> StoredCheckpoint:
+    """Upload a checkpoint folder, manifest last, then prune; a failed upload leaves nothing behind."""
+    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256_file(p)} for p in sorted(local.iterdir())}
+    uri = join(checkpoints_uri(job, run), f"step_{step:09d}")
+    fs, path = resolve_filesystem(uri, job.storage)
     try:
-        train_state.save(tensors, meta, tmp)
-        save_lora_file(lora, tmp / LORA_FILE, lora_metadata)
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}))
-        (tmp / CONFIG_FILE).write_text(json.dumps(redact(to_plain(job)), indent=2))
+        # An earlier attempt may have left this step half-written (or damaged): start it clean.
+        _delete_dir(fs, path, uri, job)
+        for name in files:
+            upload(local / name, join(uri, name), job.storage)
+        manifest = {"layout": LAYOUT, "step": step, "files": files}
+        retrying(f"writing {join(uri, MANIFEST)}",
+                 lambda: _write_bytes(fs, f"{path}/{MANIFEST}", json.dumps(manifest, indent=2).encode()),
+                 job.storage, where=uri)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:  # best effort: the folder has no manifest, so nothing would trust it anyway
+            fs.delete_dir(path)
+        except OSError:
+            pass
         raise
-    # Steps go on while the upload runs; Ray deletes the local copy once it is in storage.
-    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
-                     checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
-                     delete_local_checkpoint_after_upload=True)
+    prune(job, run)
+    return StoredCheckpoint(uri=uri, step=step, files=files)
 
 
-def restore(engine) -> dict[str, Any] | None:
-    """Load the latest reported checkpoint into `engine`; returns its trainer state (None if there is none)."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+def prune(job: JobConfig, run: str) -> None:
+    """Keep the newest `train.num_checkpoints_to_keep` verified checkpoints; remove older ones and non-checkpoints.
+
+    Only the lease holder writes a run's checkpoints, one at a time, so a folder without a valid
+    manifest at this point is left over from an attempt that died.
+    """
+    verified, rejected = scan(job, run)
+    doomed = [c.uri for c in verified[job.train.num_checkpoints_to_keep:]] + [uri for uri, _ in rejected]
+    for uri in doomed:
+        fs, path = resolve_filesystem(uri, job.storage)
+        _delete_dir(fs, path, uri, job)
+
+
+def restore(engine, job: JobConfig, run: str, rank: int) -> dict[str, Any] | None:
+    """Load the newest loadable checkpoint into `engine` (every rank calls); returns its trainer state.
+
+    Rank 0 chooses: it tries the verified checkpoints newest first, saying why it passes over any,
+    and the others load the one it chose. None when there is no checkpoint to resume from.
+    """
+    import torch.distributed as dist
+
+    from ltx_ray.train import train_state
+
+    chosen: list[Any] = [None]
+    loaded = None
+    if rank == 0:
+        verified, rejected = scan(job, run)
+        newest_ok = verified[0].step if verified else -1
+        for uri, why in rejected:
+            if _step_of(uri) > newest_ok:
+                _say(f"passing over checkpoint {uri}: {why}")
+        for candidate in verified:
+            try:
+                loaded = _download(candidate, job)
+            except (ValueError, StorageError) as exc:
+                _say(f"checkpoint {candidate.uri} could not be loaded ({exc}); trying the previous one")
+                continue
+            chosen = [candidate]
+            break
+        else:
+            if verified:
+                _say("no checkpoint of this run could be loaded: starting from step 0")
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(chosen, src=0)
+    if chosen[0] is None:
         return None
-    with checkpoint.as_directory() as directory:
-        tensors, meta = train_state.read(Path(directory))
-        state = json.loads((Path(directory) / STATE_FILE).read_text())
+    local = loaded if rank == 0 else _download(chosen[0], job)
+    try:
+        tensors, meta = train_state.read(local)
+        state = json.loads((local / STATE_FILE).read_text())
+    finally:
+        tempdirs.remove(local)
     train_state.load(engine, tensors, meta)
     engine.global_steps = int(state["step"])
     return state
 
 
-SNAPSHOT = "checkpoint_manager_snapshot.json"
+def _download(checkpoint: StoredCheckpoint, job: JobConfig) -> Path:
+    """The checkpoint's files in a local folder, each checked against its manifest's SHA-256 (ValueError if not)."""
+    fs, path = resolve_filesystem(checkpoint.uri, job.storage)
+    local = tempdirs.make("ckpt")
+    try:
+        for name, entry in checkpoint.files.items():
+            data = _read_bytes(fs, f"{path}/{name}", job, checkpoint.file_uri(name))
+            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                raise ValueError(f"{name} does not match its checksum in {MANIFEST}")
+            (local / name).write_bytes(data)
+    except BaseException:
+        tempdirs.remove(local)
+        raise
+    return local
 
 
-def check_resumable(job: JobConfig, fs, run_dir: str) -> None:
-    """Refuse, before any worker starts, a run whose latest checkpoint this version cannot continue.
+def check_resumable(job: JobConfig, run: str) -> StoredCheckpoint | None:
+    """Refuse, before any worker starts, a run whose checkpoints this version cannot continue.
 
-    `run_dir` is the run's folder on `fs` (pyarrow). No checkpoint yet: nothing to check.
+    Returns the checkpoint the run will resume from (None: it starts afresh).
     """
-    import pyarrow.fs as pafs
-
-    from ltx_ray.errors import ConfigError, Problem
-
-    snapshot = f"{run_dir}/{SNAPSHOT}"
-    if fs.get_file_info(snapshot).type != pafs.FileType.File:
-        return
-    with fs.open_input_stream(snapshot) as f:
-        latest = (json.loads(f.read()).get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
-    if not latest:
-        return
-    where = f"{run_dir}/{latest}"
-    if fs.get_file_info(f"{where}/{train_state.FILE}").type != pafs.FileType.File:
-        raise ConfigError(Problem(where, f"this checkpoint has no {train_state.FILE}: it was written by an earlier "
-                                         "ltx-ray (DeepSpeed per-rank files, which resume only on their own world "
-                                         "size) and cannot be continued. Start afresh under another "
-                                         "storage.run_name, or remove the run's folder"))
-    with fs.open_input_stream(f"{where}/{STATE_FILE}") as f:
-        state = json.loads(f.read())
+    newest = latest(job, run)
+    if newest is None:
+        fs, run_dir = resolve_filesystem(storage_uri(job.storage, run), job.storage)
+        entries = retrying(f"listing {storage_uri(job.storage, run)}",
+                           lambda: fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True)), job.storage)
+        earlier = sorted(e.base_name for e in entries
+                         if e.type == pafs.FileType.Directory and e.base_name.startswith("checkpoint_"))
+        if earlier:
+            raise ConfigError(Problem(storage_uri(job.storage, run, earlier[-1]),
+                                      f"this run's checkpoints were written by an earlier ltx-ray (Ray-managed "
+                                      f"checkpoint_* folders without a {MANIFEST}) and cannot be continued. Start "
+                                      "afresh under another storage.run_name, or remove the run's folder"))
+        return None
+    fs, path = resolve_filesystem(newest.uri, job.storage)
+    state = json.loads(_read_bytes(fs, f"{path}/{STATE_FILE}", job, newest.file_uri(STATE_FILE)))
     saved = state.get("global_batch_size")
     if saved != job.cluster.global_batch_size:
         raise ConfigError(Problem("cluster.global_batch_size",
-                                  f"the run's checkpoint at step {state.get('step')} ({where}) trains "
+                                  f"the run's checkpoint at step {state.get('step')} ({newest.uri}) trains "
                                   f"{saved} samples per step, this config {job.cluster.global_batch_size}: set "
                                   f"cluster.global_batch_size={saved} to continue it (a step must stay the same "
                                   "step), or start afresh under another storage.run_name"))
+    return newest
 
 
-@contextmanager
-def lora_file_of(checkpoint: ray.train.Checkpoint) -> Iterator[Path]:
-    """The LoRA file inside a reported checkpoint, as a local path."""
-    with checkpoint.as_directory() as directory:
-        yield Path(directory) / LORA_FILE
+class CheckpointWriter:
+    """Rank 0's checkpoints: written to a local folder at once, uploaded by one background thread in order.
+
+    An upload that fails for good is kept in `error` (the loop ends the run with it) and leaves no
+    folder that looks like a checkpoint behind.
+    """
+
+    def __init__(self, job: JobConfig, run: str):
+        self.job, self.run = job, run
+        self.error: StorageError | None = None
+        self.published: StoredCheckpoint | None = None
+        # At most one checkpoint waits while another uploads: a slow store slows the loop, never fills the disk.
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._thread = threading.Thread(target=self._work, name="ltx-ray-checkpoint-upload", daemon=True)
+        self._thread.start()
+
+    def submit(self, tensors, meta, lora, lora_metadata: dict[str, str], state: dict[str, Any]) -> None:
+        from ltx_ray.model.lora import save_lora_file
+        from ltx_ray.train import train_state
+
+        if self.error is not None:
+            return
+        local = tempdirs.make("ckpt")
+        try:
+            train_state.save(tensors, meta, local)
+            save_lora_file(lora, local / LORA_FILE, lora_metadata)
+            (local / STATE_FILE).write_text(json.dumps(state))
+            (local / CONFIG_FILE).write_text(json.dumps(redact(to_plain(self.job)), indent=2))
+        except OSError as exc:
+            tempdirs.remove(local)
+            self.error = StorageError(Problem(str(local.parent), f"writing the step-{state['step']} checkpoint "
+                                                                 f"locally failed: {describe(exc)}"))
+            return
+        self._queue.put((local, int(state["step"])))
+
+    def wait(self) -> None:
+        """Block until every submitted checkpoint is in storage (or has failed)."""
+        self._queue.join()
+
+    def _work(self) -> None:
+        while True:
+            local, step = self._queue.get()
+            try:
+                if self.error is None:
+                    self.published = publish(local, self.job, self.run, step)
+            except StorageError as exc:
+                self.error = exc
+            except Exception as exc:  # noqa: BLE001 - kept for the loop to raise in its own thread
+                self.error = StorageError(Problem(checkpoints_uri(self.job, self.run),
+                                                  f"uploading the step-{step} checkpoint failed: {describe(exc)}"))
+            finally:
+                tempdirs.remove(local)
+                self._queue.task_done()
+
+
+def _step_of(uri: str) -> int:
+    match = _STEP_DIR.fullmatch(uri.rstrip("/").rsplit("/", 1)[-1])
+    return int(match.group(1)) if match else -1
+
+
+def _say(message: str) -> None:
+    print(f"ltx-ray: {message}", flush=True)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_bytes(fs: pafs.FileSystem, path: str, job: JobConfig, uri: str) -> bytes:
+    def read() -> bytes:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+
+    return retrying(f"reading {uri}", read, job.storage, where=uri)
+
+
+def _write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def _delete_dir(fs: pafs.FileSystem, path: str, uri: str, job: JobConfig) -> None:
+    def delete() -> None:
+        if fs.get_file_info(path).type == pafs.FileType.Directory:
+            fs.delete_dir(path)
+
+    retrying(f"deleting {uri}", delete, job.storage, where=uri)

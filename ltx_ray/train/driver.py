@@ -16,16 +16,18 @@ from typing import Any
 import pyarrow.fs as pafs
 import ray
 import ray.train
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from ltx_ray import lease, tempdirs
 from ltx_ray.config.load import run_name as derive_run_name
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.data.pipeline import build_latent_cache, publish_debug_dataset
+from ltx_ray.errors import Problem, StorageError
 from ltx_ray.estimate.preflight import preflight
 from ltx_ray.sample.conditioning import check_validation_inputs
-from ltx_ray.storage import resolve_filesystem, storage_uri, upload
-from ltx_ray.train.checkpoint import check_resumable
+from ltx_ray.storage import resolve_filesystem, retrying, storage_uri, upload
+from ltx_ray.train import checkpoint
 from ltx_ray.train.deepspeed_config import deepspeed_accelerator
 from ltx_ray.train.loop import train_loop_per_worker
 from ltx_ray.train import outputs
@@ -67,7 +69,7 @@ def prepare_validation(job: JobConfig, run: str) -> str | None:
     uri = storage_uri(job.storage, run, "validation", validation_key(job, checkpoint_identity(job.model.checkpoint))
                       + ".safetensors")
     fs, path = resolve_filesystem(uri, job.storage)
-    if fs.get_file_info(path).type != pafs.FileType.File:
+    if retrying(f"looking up {uri}", lambda: fs.get_file_info(path).type, job.storage) != pafs.FileType.File:
         options = {"num_gpus": 1} if job.cluster.use_gpu else {"num_cpus": 1}
         ray.get(_build_validation_task.options(**options).remote(job, uri))
     return uri
@@ -80,9 +82,23 @@ def _build_validation_task(job: JobConfig, uri: str) -> str:
 
     from ltx_ray.sample.conditioning import build_validation_set
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="ltx-ray-val-") as tmp:
         local = build_validation_set(job, Path(tmp) / "validation.safetensors")
         return upload(local, uri, job.storage)
+
+
+@ray.remote(num_cpus=0)
+class _Outcome:
+    """Where the workers leave a reason to stop that no retry can fix (a permanent storage error)."""
+
+    def __init__(self):
+        self.problems = None
+
+    def fail(self, problems) -> None:
+        self.problems = problems
+
+    def get(self):
+        return self.problems
 
 
 def run_training(job: JobConfig) -> TrainResult:
@@ -92,13 +108,23 @@ def run_training(job: JobConfig) -> TrainResult:
     check_validation_inputs(job)
     # Will it fit? Asked before Ray books any GPU (warns; a CPU job without cluster.gpu_memory_gb skips it).
     preflight(job)
-    # A run continues from its latest checkpoint: refuse one this version cannot continue, before any work.
+    # A run continues from its newest verified checkpoint: refuse one this version cannot continue, before any work.
+    resume = checkpoint.check_resumable(job, run)
+    if resume is not None:
+        log.info("run %s resumes from its checkpoint at step %d (%s)", run, resume.step, resume.uri)
+    tempdirs.sweep()
+    # One driver per run: a second one for the same run stops here, naming the first.
+    with lease.hold(job, run):
+        return _train(job, run)
+
+
+def _train(job: JobConfig, run: str) -> TrainResult:
     fs, storage_root = resolve_filesystem(job.storage.storage_path, job.storage)
-    check_resumable(job, fs, f"{storage_root.rstrip('/')}/{run}")
     init_ray(job)
     cache = build_latent_cache(job, run)
     publish_debug_dataset(job, cache, outputs.outputs_uri(job, run, outputs.DEBUG_NAME))
     validation_file = prepare_validation(job, run)
+    outcome = _Outcome.remote()
 
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -109,6 +135,7 @@ def run_training(job: JobConfig) -> TrainResult:
             "wandb_dir": outputs.local_wandb_dir(run),
             "lora_metadata": outputs.lora_metadata(job),
             "validation_file": validation_file,
+            "outcome": outcome,
         },
         scaling_config=ScalingConfig(
             # (min, max) makes Ray Train elastic: any count in between, as nodes come and go.
@@ -121,7 +148,8 @@ def run_training(job: JobConfig) -> TrainResult:
             name=run,
             storage_path=storage_root,
             storage_filesystem=fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=job.train.num_checkpoints_to_keep),
+            # The loop writes, verifies and prunes its own checkpoints (ltx_ray.train.checkpoint) and reports
+            # none to Ray Train: resuming reads them from storage, never Ray's snapshot of them.
             failure_config=FailureConfig(
                 max_failures=job.cluster.max_failures,
                 max_preemption_failures=job.cluster.max_preemption_failures,
@@ -138,15 +166,41 @@ def run_training(job: JobConfig) -> TrainResult:
     result = trainer.fit()
     seconds = time.perf_counter() - started
     if result.error is not None:
-        raise result.error
-    published = outputs.publish(job, run, result.checkpoint)
+        # A worker that stopped on the user's data or storage: its one sentence, not the worker's traceback.
+        raise _user_error_in(result.error) or result.error
+    problems = ray.get(outcome.get.remote())
+    if problems:
+        raise StorageError(problems)
+    final = checkpoint.latest(job, run)
+    if final is None or final.step != job.request.number_of_steps:
+        raise StorageError(Problem(checkpoint.checkpoints_uri(job, run),
+                                   f"training ended but the step-{job.request.number_of_steps} checkpoint is not "
+                                   f"in storage (newest verified: {final.step if final else 'none'}); re-run the "
+                                   "command to continue from it"))
+    published = outputs.publish(job, run, final)
     return TrainResult(
         run_name=run,
         steps=job.request.number_of_steps,
         seconds=seconds,
-        checkpoint_uri=result.checkpoint.path,
+        checkpoint_uri=final.uri,
         outputs=published,
     )
+
+
+def _user_error_in(error: BaseException):
+    """The UserError behind a Ray Train failure (in a worker's exception chain), if there is one."""
+    from ltx_ray.errors import UserError
+
+    seen, todo = set(), [error, *getattr(error, "worker_failures", {}).values()]
+    while todo:
+        exc = todo.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        if isinstance(exc, UserError):
+            return exc
+        todo += [getattr(exc, "cause", None), exc.__cause__, exc.__context__]
+    return None
 
 
 def run_job(job: JobConfig) -> dict[str, Any]:

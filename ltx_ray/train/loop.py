@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,12 +23,14 @@ import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
+from ltx_ray import tempdirs
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.model.loader import load_transformer, load_transformer_zero3
 from ltx_ray.model.lora import apply_lora
 from ltx_ray.model.objective import av2av_loss
-from ltx_ray.train import batches
-from ltx_ray.train.checkpoint import restore, save_and_report
+from ltx_ray.model.lora import lora_state_dict
+from ltx_ray.train import batches, train_state
+from ltx_ray.train.checkpoint import CheckpointWriter, restore
 from ltx_ray.train.deepspeed_config import deepspeed_accelerator, deepspeed_config, lr_lambda
 from ltx_ray.storage import upload
 from ltx_ray.train.outputs import outputs_uri
@@ -39,6 +41,18 @@ log = logging.getLogger(__name__)
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train the IC-LoRA for exactly `number_of_steps` optimizer steps (Ray Train entry point)."""
+    tempdirs.sweep()  # folders of this node's workers that were killed outright
+    try:
+        _train(config)
+    finally:
+        tempdirs.remove_all()
+        if ray.train.get_context().get_world_rank() == 0:
+            from ltx_ray.sample.preview import local_preview_dir
+
+            shutil.rmtree(local_preview_dir(config["run_name"]), ignore_errors=True)
+
+
+def _train(config: dict[str, Any]) -> None:
     job: JobConfig = config["job"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -58,7 +72,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     c = job.cluster
     # The global batch is the run's; this (re)start's world size only sets how it is accumulated.
     accumulation, global_batch = c.accumulation_steps(world), c.global_batch_size
-    resumed = restore(engine)
+    run = config["run_name"]
+    resumed = restore(engine, job, run, rank)
     start = int(resumed["step"]) if resumed else 0
     total = job.request.number_of_steps
     if rank == 0 and resumed:
@@ -66,20 +81,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
               f"{resumed.get('world_size', '?')}, reason: {resumed.get('reason', '?')})", flush=True)
         if start >= total:
             print("ltx-ray: this run is already complete; publishing its outputs again", flush=True)
-    tracker = Tracker(job, config["run_name"], Path(config["wandb_dir"]), enabled=rank == 0)
+    tracker = Tracker(job, run, Path(config["wandb_dir"]), enabled=rank == 0)
     progress = _progress_bar(rank, start, total)
     lora_metadata = config["lora_metadata"]
     previewer = _previewer(job, config, rank, device, dtype)
     saved_step, preemption_saved = start, False  # the newest step whose state is in storage
+    writer = CheckpointWriter(job, run) if rank == 0 else None
 
-    def checkpoint(done: int, reason: str, metrics: dict[str, Any]) -> None:
-        save_and_report(
-            engine, job, step=done, rank=rank, lora_metadata=lora_metadata, metrics={"step": done, **metrics},
-            state={"data_position": {"epoch": batches.epoch_of(done, len(samples), global_batch),
-                                     "samples_seen": done * global_batch},
-                   "seed": job.seed, "global_batch_size": global_batch, "world_size": world,
-                   "resumed_from": start, "reason": reason},
-        )
+    def checkpoint(done: int, reason: str) -> None:
+        tensors, meta = train_state.gather(engine)  # collective
+        lora = lora_state_dict(engine)  # collective under ZeRO-3
+        if writer is not None:
+            writer.submit(tensors, meta, lora, lora_metadata, state={
+                "step": done, "data_position": {"epoch": batches.epoch_of(done, len(samples), global_batch),
+                                                "samples_seen": done * global_batch},
+                "seed": job.seed, "global_batch_size": global_batch, "world_size": world,
+                "resumed_from": start, "reason": reason})
 
     for step in range(start, total):
         started = time.perf_counter()
@@ -98,7 +115,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     if rank == 0:
                         print(f"ltx-ray: a node of this run is being preempted: checkpointing step {step} now",
                               flush=True)
-                    checkpoint(step, "preemption", metrics)
+                    checkpoint(step, "preemption")
                     saved_step = step
             t = time.perf_counter()
             positions = batches.micro_batch_positions(micro_step=micro, rank=rank, world_size=world,
@@ -122,7 +139,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         _maybe_fail(job, step + 1, start, rank)
         metrics = _step_metrics(engine, totals, sigmas, tokens, accumulation, global_batch, world, started,
-                                data_seconds)
+                                data_seconds, storage_failed=writer is not None and writer.error is not None)
+        if metrics.pop("storage_failed"):
+            break  # every rank learns it in the same all-reduce; rank 0 reports the error below
         seconds = metrics["step_time"]
         tracker.log(metrics, step=step + 1)
         if progress is not None:
@@ -131,16 +150,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         done = step + 1
         if previewer is not None and (done % job.train.validation_every == 0 or done == total):
-            _preview(previewer, engine, job, config["run_name"], done, final=done == total, tracker=tracker)
+            _preview(previewer, engine, job, run, done, final=done == total, tracker=tracker)
         if done % job.train.checkpoint_every == 0 or done == total:
-            checkpoint(done, "final" if done == total else "interval", metrics)
+            checkpoint(done, "final" if done == total else "interval")
             saved_step = done
 
     if progress is not None:
         progress.close()
+    if writer is not None:
+        writer.wait()
+        if writer.error is not None:
+            # Ends the run without a retry: a permanent storage error fails the same way on every attempt.
+            ray.get(config["outcome"].fail.remote(writer.error.problems))
+            tracker.finish()
+            return
     wandb_run_dir = tracker.finish()
     if wandb_run_dir is not None:
-        upload(wandb_run_dir, outputs_uri(job, config["run_name"], "wandb"), job.storage)
+        upload(wandb_run_dir, outputs_uri(job, run, "wandb"), job.storage)
 
 
 def _previewer(job: JobConfig, config: dict[str, Any], rank: int, device: torch.device, dtype: torch.dtype):
@@ -151,7 +177,7 @@ def _previewer(job: JobConfig, config: dict[str, Any], rank: int, device: torch.
     from ltx_ray.data.fetch import fetch
     from ltx_ray.sample.preview import Previewer
 
-    local = fetch(uri, Path(tempfile.mkdtemp(prefix="ltx-ray-val-")), storage=job.storage)
+    local = fetch(uri, tempdirs.make("val"), storage=job.storage)
     return Previewer(job, local, rank, device, dtype)
 
 
@@ -211,13 +237,15 @@ def _build_engine(job: JobConfig, checkpoint_path: str, world: int, device: torc
 
 
 def _step_metrics(engine, totals: torch.Tensor, sigmas: torch.Tensor, tokens: int, accumulation: int,
-                  global_batch: int, world: int, started: float, data_seconds: float) -> dict[str, float]:
+                  global_batch: int, world: int, started: float, data_seconds: float,
+                  storage_failed: bool) -> dict[str, float]:
     """Losses averaged over micro-steps and ranks, plus speed and optimizer figures.
 
     `step_time` runs from the step's start to after this all-reduce: everything but logging.
+    `storage_failed` (rank 0's checkpoint writer has failed for good) rides along, so all ranks stop together.
     """
     n = accumulation
-    packed = torch.cat([totals / n, sigmas / n])
+    packed = torch.cat([totals / n, sigmas / n, torch.tensor([world * float(storage_failed)])])
     if dist.is_initialized():
         dist.all_reduce(packed)
         packed /= world
@@ -236,6 +264,7 @@ def _step_metrics(engine, totals: torch.Tensor, sigmas: torch.Tensor, tokens: in
         "samples_per_second": global_batch / seconds,
         "world_size": world,
         "tokens_per_second": tokens * world / seconds,
+        "storage_failed": bool(packed[5] > 0),
     }
 
 

@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 
 from ltx_ray import __version__
 from ltx_ray.config.schema import JobConfig
-from ltx_ray.storage import resolve_filesystem, storage_uri, upload
+from ltx_ray.storage import resolve_filesystem, retrying, storage_uri, upload
 
 LORA_NAME = "ic_lora_av2av.safetensors"
 CONFIG_NAME = "config.json"
@@ -76,11 +76,19 @@ def local_wandb_dir(run: str) -> str:
 
 def publish(job: JobConfig, run: str, checkpoint) -> dict[str, Any]:
     """Copy the final LoRA out of the last checkpoint and write the config file; returns output URIs."""
-    from ltx_ray.train.checkpoint import lora_file_of
+    from ltx_ray.train.checkpoint import LORA_FILE
 
     result: dict[str, Any] = {"lora_file": None, "config_file": None, "video": None, "debug_dataset": None}
-    with lora_file_of(checkpoint) as lora:
-        result["lora_file"] = upload(lora, outputs_uri(job, run, LORA_NAME), job.storage)
+    source, target = checkpoint.file_uri(LORA_FILE), outputs_uri(job, run, LORA_NAME)
+    fs, src = resolve_filesystem(source, job.storage)
+    _, dst = resolve_filesystem(target, job.storage)
+
+    def copy() -> None:
+        fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
+        fs.copy_file(src, dst)
+
+    retrying(f"copying {source} to {target}", copy, job.storage, where=target)
+    result["lora_file"] = target
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / CONFIG_NAME
         cfg.write_text(json.dumps(config_file_content(job), indent=2))
@@ -90,6 +98,6 @@ def publish(job: JobConfig, run: str, checkpoint) -> dict[str, Any]:
     for key, name in (("video", REEL_NAME), ("debug_dataset", DEBUG_NAME)):
         uri = outputs_uri(job, run, name)
         fs, path = resolve_filesystem(uri, job.storage)
-        if fs.get_file_info(path).type == pafs.FileType.File:
+        if retrying(f"looking up {uri}", lambda: fs.get_file_info(path).type, job.storage) == pafs.FileType.File:
             result[key] = uri
     return result
