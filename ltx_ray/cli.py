@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 
+from ltx_ray import tempdirs
 from ltx_ray.errors import UserError
 
 log = logging.getLogger("ltx_ray")
@@ -61,10 +61,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _exit_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     parser = _parser()
@@ -78,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # `kill`, `ray job stop` and a pod's termination send SIGTERM: exit through the `finally` blocks, so
     # temporary folders go and the run's lease is released.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    tempdirs.exit_cleanly_on_sigterm()
     from ltx_ray.config import dump_yaml, load_config
 
     try:

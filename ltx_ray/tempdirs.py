@@ -13,7 +13,9 @@ import atexit
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 _OWNED: set[Path] = set()
@@ -57,6 +59,19 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's live process
         return True
     return True
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """Make SIGTERM (`kill`, `ray job stop`, a pod's termination) exit through `finally` blocks and atexit.
+
+    Only the main thread may set a handler; elsewhere (a driver run from a thread) nothing changes.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit)
+
+
+def _exit(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 atexit.register(remove_all)

@@ -49,6 +49,19 @@ def _checkpoints(run_dir: Path) -> dict[int, dict]:
     return out
 
 
+def _start(args: list[str], out: Path) -> tuple[subprocess.Popen, Path]:
+    """Start a command whose output goes to files (a pipe nobody reads would stall it once full)."""
+    env = {**os.environ, "RAY_ADDRESS": os.environ["RAY_ADDRESS"]}
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "stdout", "w") as stdout, open(out / "stderr", "w") as stderr:
+        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=stdout, stderr=stderr, text=True), out
+
+
+def _finish(process: subprocess.Popen, out: Path) -> tuple[int, str, str]:
+    code = process.wait(timeout=600)
+    return code, (out / "stdout").read_text(), (out / "stderr").read_text()
+
+
 def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_ADDRESS": os.environ["RAY_ADDRESS"]}
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **kwargs)
@@ -115,10 +128,8 @@ def test_two_drivers_started_together_on_one_run_one_trains_and_the_other_is_ref
                                                                                      sample_dataset, reference_run):
     runs = tmp_path / "runs"
     args = tiny_command("train", tiny_bundle, sample_dataset, str(runs), "twice", "train.checkpoint_every=25")
-    env = {**os.environ, "RAY_ADDRESS": os.environ["RAY_ADDRESS"]}
-    drivers = [subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for _ in range(2)]
-    results = [(d.wait(timeout=600), *d.communicate()) for d in drivers]
+    drivers = [_start(args, tmp_path / f"driver-{i}") for i in range(2)]
+    results = [_finish(*d) for d in drivers]
     codes = sorted(code for code, _, _ in results)
     assert codes == [0, 2], [err[-2000:] for _, _, err in results]
     refused = next(err for code, _, err in results if code == 2)
@@ -152,24 +163,23 @@ def small_disk(tmp_path):
 
 
 def test_a_full_disk_stops_the_run_with_one_sentence_and_keeps_the_last_good_checkpoint(small_disk, tiny_bundle,
-                                                                                        sample_dataset):
+                                                                                        sample_dataset, ray_cluster):
     runs = small_disk / "runs"
     args = tiny_command("train", tiny_bundle, sample_dataset, str(runs), "full", "train.checkpoint_every=25",
                         "storage.lease_timeout_s=5")
-    env = {**os.environ, "RAY_ADDRESS": os.environ["RAY_ADDRESS"]}
-    first = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = _start(args, small_disk.parent / "first")
     manifest = runs / "full" / "checkpoints" / "step_000000025" / "_MANIFEST.json"
     deadline = time.time() + 600
     while not manifest.exists():
-        assert first.poll() is None and time.time() < deadline, "the run wrote no checkpoint"
+        assert first[0].poll() is None and time.time() < deadline, "the run wrote no checkpoint"
         time.sleep(0.2)
     # The disk fills up (another job's files): what is left holds no checkpoint.
     filler = small_disk / "filler"
     free = shutil.disk_usage(small_disk).free
     with open(filler, "wb") as f:
         f.write(b"\0" * max(0, free - 32 * 1024))
-    _, err = first.communicate(timeout=600)
-    assert first.returncode == 2, err[-3000:]
+    code, _, err = _finish(*first)
+    assert code == 2, err[-3000:]
     assert "error: the job stopped on a storage error" in err and "Traceback" not in err
     assert re.search(rf"{re.escape(str(runs))}/full/checkpoints/step_000000050/\S+: writing ", err), err[-2000:]
     assert "no space left on the device: free space or point storage.storage_path elsewhere" in err
@@ -185,13 +195,12 @@ def test_a_full_disk_stops_the_run_with_one_sentence_and_keeps_the_last_good_che
 
 
 def test_a_stopped_command_removes_its_temporary_folders_and_releases_its_lease(tmp_path, tiny_bundle,
-                                                                                sample_dataset):
+                                                                                sample_dataset, ray_cluster):
     import tempfile
 
     runs = tmp_path / "runs"
     args = tiny_command("preprocess", tiny_bundle, sample_dataset, str(runs), "stopped")
-    env = {**os.environ, "RAY_ADDRESS": os.environ["RAY_ADDRESS"]}
-    command = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command, out = _start(args, tmp_path / "stopped")
     pattern = f"ltx-ray-prep-{command.pid}-*"
     deadline = time.time() + 300
     while not list(Path(tempfile.gettempdir()).glob(pattern)):
@@ -199,8 +208,8 @@ def test_a_stopped_command_removes_its_temporary_folders_and_releases_its_lease(
         time.sleep(0.1)
     assert (runs / "stopped" / "_LEASE.json").exists()
     command.send_signal(signal.SIGTERM)  # `kill`, `ray job stop`, a pod's termination
-    command.communicate(timeout=120)
-    assert command.returncode == 128 + signal.SIGTERM
+    code, _, err = _finish(command, out)
+    assert code == 128 + signal.SIGTERM, err[-2000:]
     assert not list(Path(tempfile.gettempdir()).glob(pattern))
     assert not (runs / "stopped" / "_LEASE.json").exists()
 

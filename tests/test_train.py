@@ -151,7 +151,7 @@ def test_rerunning_the_command_after_the_driver_died_resumes_from_storage(tmp_pa
         f"request.training_data_url={job.request.training_data_url}",
         f"model.checkpoint={job.model.checkpoint}", f"model.text_encoder={job.model.text_encoder}",
         f"storage.storage_path={runs}", "storage.run_name=driver-restart", "request.validation=[]",
-        "cluster.resources_per_worker={CPU: 0.5}", "train.checkpoint_every=20", "storage.lease_timeout_s=20",
+        "cluster.resources_per_worker={CPU: 0.5}", "train.checkpoint_every=20", "storage.lease_timeout_s=30",
         # Smaller than the estimate of any run: the driver's pre-flight must warn, and the run goes on.
         "cluster.gpu_memory_gb=0.5",
     ]
@@ -174,7 +174,7 @@ def test_rerunning_the_command_after_the_driver_died_resumes_from_storage(tmp_pa
     held = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert held.returncode == 2 and "is held by another driver" in held.stderr, held.stderr[-2000:]
     # storage.lease_timeout_s after its last heartbeat, the lease of a driver that died is taken over.
-    time.sleep(max(0.0, killed + 20 - time.time()))
+    time.sleep(max(0.0, killed + 30 - time.time()))
 
     second = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]

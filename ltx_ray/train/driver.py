@@ -57,6 +57,9 @@ def init_ray(job: JobConfig) -> None:
         # A local instance: decode tasks, encoder actors and training workers are mostly
         # waiting on each other, so offer a few more logical CPUs than cores.
         ray.init(num_cpus=max(4, os.cpu_count() or 1), logging_level=logging.WARNING)
+    # ray.init puts its own SIGTERM handler in place, which aborts the process: ours exits through the
+    # `finally` blocks instead (temporary folders removed, the run's lease released).
+    tempdirs.exit_cleanly_on_sigterm()
 
 
 def prepare_validation(job: JobConfig, run: str) -> str | None:
@@ -106,8 +109,6 @@ def run_training(job: JobConfig) -> TrainResult:
     run = derive_run_name(job)
     # Refused inputs fail here, before any cluster time is spent.
     check_validation_inputs(job)
-    # Will it fit? Asked before Ray books any GPU (warns; a CPU job without cluster.gpu_memory_gb skips it).
-    preflight(job)
     # A run continues from its newest verified checkpoint: refuse one this version cannot continue, before any work.
     resume = checkpoint.check_resumable(job, run)
     if resume is not None:
@@ -119,6 +120,8 @@ def run_training(job: JobConfig) -> TrainResult:
 
 
 def _train(job: JobConfig, run: str) -> TrainResult:
+    # Will it fit? Asked before Ray books any GPU (warns; a CPU job without cluster.gpu_memory_gb skips it).
+    preflight(job)
     fs, storage_root = resolve_filesystem(job.storage.storage_path, job.storage)
     init_ray(job)
     cache = build_latent_cache(job, run)
