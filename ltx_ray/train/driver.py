@@ -18,6 +18,7 @@ import ray
 import ray.train
 from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ltx_ray import lease, tempdirs
 from ltx_ray.config.load import run_name as derive_run_name
@@ -127,7 +128,9 @@ def _train(job: JobConfig, run: str) -> TrainResult:
     cache = build_latent_cache(job, run)
     publish_debug_dataset(job, cache, outputs.outputs_uri(job, run, outputs.DEBUG_NAME))
     validation_file = prepare_validation(job, run)
-    outcome = _Outcome.remote()
+    # On the driver's own node: an actor elsewhere would go with that node when it is preempted.
+    outcome = _Outcome.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        ray.get_runtime_context().get_node_id(), soft=True)).remote()
 
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -171,7 +174,12 @@ def _train(job: JobConfig, run: str) -> TrainResult:
     if result.error is not None:
         # A worker that stopped on the user's data or storage: its one sentence, not the worker's traceback.
         raise _user_error_in(result.error) or result.error
-    problems = ray.get(outcome.get.remote())
+    try:
+        problems = ray.get(outcome.get.remote())
+    except ray.exceptions.RayActorError:
+        # Its node went (soft affinity let it land elsewhere): the check of the final checkpoint below remains.
+        log.warning("the workers' error report was lost with its node; checking the checkpoints instead")
+        problems = None
     if problems:
         raise StorageError(problems)
     final = checkpoint.latest(job, run)
