@@ -111,6 +111,8 @@ def _train(config: dict[str, Any]) -> None:
             # holds that step, and the restarted run redoes at most the steps since the notice.
             if not preemption_saved and ray.train.get_preemption_info() is not None:
                 preemption_saved = True
+                # The steps logged so far must outlive the node too: the restart redoes none of them.
+                tracker.flush()
                 if saved_step != step:
                     if rank == 0:
                         print(f"ltx-ray: a node of this run is being preempted: checkpointing step {step} now",

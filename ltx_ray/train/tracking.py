@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ class Tracker:
             import wandb
 
             directory.mkdir(parents=True, exist_ok=True)
-            self.run = wandb.init(
+            self._init = dict(
                 project=job.tracking.project,
                 entity=job.tracking.entity,
                 id=run_name,
@@ -46,8 +47,30 @@ class Tracker:
                 config=redact(to_plain(job)),
                 settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
             )
+            self.run = wandb.init(**self._init)
         except Exception as exc:  # W&B must never stop a training run
             log.warning("W&B is unavailable, continuing without it: %s", exc)
+            self.run = None
+
+    def flush(self) -> None:
+        """Make everything logged so far durable before this node may go (a preemption notice).
+
+        W&B holds a run's history for up to `x_transaction_log_flush_interval` (15 s) before writing it to
+        the run file (offline) or sending it (online); a killed worker loses those steps. Only finishing the
+        run writes them at once, so the run is marked preempting, finished and resumed by its id.
+        """
+        if self.run is None:
+            return
+        try:
+            import wandb
+
+            self.run.mark_preempting()
+            self.run.finish()
+            # An offline run's folder is named by its start second: the resumed run must not reuse it.
+            time.sleep(1 - time.time() % 1)
+            self.run = wandb.init(**self._init)
+        except Exception as exc:
+            log.warning("W&B flush failed, continuing without it: %s", exc)
             self.run = None
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
