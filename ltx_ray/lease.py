@@ -30,7 +30,7 @@ import pyarrow.fs as pafs
 
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.errors import Problem, RunLeaseError
-from ltx_ray.storage import resolve_filesystem, retrying, storage_uri
+from ltx_ray.storage import read_bytes, resolve_filesystem, retrying, storage_uri, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -113,26 +113,19 @@ class Lease:
                 log.warning("renewing the lease %s failed: %s", self.uri, exc)
 
     def _read(self) -> dict | None:
-        def read() -> dict | None:
-            if self.fs.get_file_info(self.path).type != pafs.FileType.File:
-                return None
-            with self.fs.open_input_stream(self.path) as f:
-                data = f.read()
-            try:
-                return json.loads(data)
-            except ValueError:  # half-written by a driver that died mid-write: as good as none
-                return None
-
-        return retrying(f"reading {self.uri}", read, self.job.storage, where=self.uri)
+        exists = retrying(f"reading {self.uri}", lambda: self.fs.get_file_info(self.path).type == pafs.FileType.File,
+                          self.job.storage, where=self.uri)
+        if not exists:
+            return None
+        try:
+            return json.loads(read_bytes(self.fs, self.path, self.job.storage, self.uri))
+        except ValueError:  # half-written by a driver that died mid-write: as good as none
+            return None
 
     def _write(self) -> None:
-        def write() -> None:
-            self.fs.create_dir(self.path.rsplit("/", 1)[0], recursive=True)
-            with self.fs.open_output_stream(self.path) as f:
-                f.write(json.dumps(self.record).encode())
-
-        retrying(f"writing {self.uri}", write, self.job.storage, where=self.uri)
-
+        retrying(f"writing {self.uri}", lambda: self.fs.create_dir(self.path.rsplit("/", 1)[0], recursive=True),
+                 self.job.storage, where=self.uri)
+        write_bytes(self.fs, self.path, json.dumps(self.record).encode(), self.job.storage, self.uri)
 
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")

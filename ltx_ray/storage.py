@@ -15,6 +15,7 @@ once with a `StorageError` naming the file and the cause.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import time
@@ -126,6 +127,36 @@ def upload(local: Path, uri: str, storage: StorageConfig | None = None) -> str:
     retrying(f"writing {uri}", copy, storage, where=uri)
     return uri
 
+
+
+def read_bytes(fs: pafs.FileSystem, path: str, storage: StorageConfig | None, uri: str = "") -> bytes:
+    """A whole file of `fs` (transient errors retried); `uri` names it in errors."""
+    def read() -> bytes:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+
+    return retrying(f"reading {uri or path}", read, storage, where=uri or path)
+
+
+def write_bytes(fs: pafs.FileSystem, path: str, data: bytes, storage: StorageConfig | None, uri: str = "") -> None:
+    """Write a whole file of `fs`, replacing it (transient errors retried: each try writes it all)."""
+    def write() -> None:
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+
+    retrying(f"writing {uri or path}", write, storage, where=uri or path)
+
+
+def file_sha256(fs: pafs.FileSystem, path: str, storage: StorageConfig | None, uri: str = "") -> str:
+    """The SHA-256 of a file of `fs`, read in 4 MiB chunks (transient errors retried)."""
+    def digest() -> str:
+        h = hashlib.sha256()
+        with fs.open_input_stream(path) as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    return retrying(f"reading {uri or path}", digest, storage, where=uri or path)
 
 # Transient: the store is there but did not answer this time. Matched in pyarrow's messages, which
 # carry the AWS SDK's error names and curl's codes rather than an errno.

@@ -6,7 +6,7 @@
 Clips are decoded at the spec's defaults (89 frames at 24 fps, `medium` 1:1,
 i.e. 768x768) from 4-second 1280x720 30 fps sources. Everything is measured
 side by side in one run on a local Ray instance (2 CPUs):
-1. the decode/fit stage alone (`pipeline.decode_stage`, the product's stage;
+1. the decode/fit stage alone (`stages.decode_stage`, the product's stage;
    its output blocks read by reference and dropped) over the same archive with
    1 and with 2 decode workers. That archive holds the 40 written pairs 3 times
    over under new names (120 pairs; each is read and decoded from its own zip
@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ray  # noqa: E402
 
 from ltx_ray.config import load_config  # noqa: E402
-from ltx_ray.data import pipeline  # noqa: E402
+from ltx_ray.data import pipeline, stages  # noqa: E402
 from ltx_ray.data.synthetic import write_sample_dataset  # noqa: E402
 from ltx_ray.model.tiny import write_tiny_bundle  # noqa: E402
 
@@ -97,7 +97,7 @@ def _decode_only(job, rows: list[dict]) -> tuple[float, float]:
     """
     started = time.perf_counter()
     clips, rss = 0, 0.0
-    for bundle in pipeline.decode_stage(job, rows).iter_internal_ref_bundles():
+    for bundle in stages.decode_stage(job, rows).iter_internal_ref_bundles():
         for ref in bundle.block_refs:
             block = ray.get(ref)  # an Arrow table in shared memory: no copy of the clips
             clips += sum(block.column("decoded_clips").to_pylist())
@@ -127,11 +127,11 @@ def _sequential(job, rows: list[dict], out: Path) -> float:
     import torch
 
     started = time.perf_counter()
-    encoder = pipeline.Encode(job.model, job.cluster.use_gpu, job.cluster.precision)
+    encoder = stages.Encode(job.model, job.cluster.use_gpu, job.cluster.precision)
     torch.set_num_threads(os.cpu_count() or 1)  # the actor keeps to its one CPU; a lone process has them all
     out.mkdir(parents=True, exist_ok=True)
     for i, row in enumerate(rows):
-        table = pipeline._decode_pair(row, job.request, job.storage, "")
+        table = stages._decode_pair(row, job.request, job.storage, "")
         batch = {k: np.array(v, dtype=object) for k, v in table.to_pydict().items()}
         encoded = encoder(batch)
         assert not encoded["error"][0], encoded["error"][0]

@@ -14,7 +14,7 @@ import pytest
 from fixtures_data import SMALL, TIME_GREY, dominant_hz, grey
 from ltx_ray.config.schema import RequestConfig, StorageConfig
 from ltx_ray.data.fetch import content_hash
-from ltx_ray.data.ingest import ProbedPair, build_manifest, fit_pair, fit_reference, ingest
+from ltx_ray.data.ingest import ProbedPair, build_manifest, fit_pair, fit_reference, ingest, probe_pair
 from ltx_ray.data.media import probe
 from ltx_ray.errors import DatasetError
 
@@ -184,11 +184,12 @@ def test_manifest_is_built_without_decoding_and_fits_later(sample_dataset, tmp_p
     assert pair.target_video.shape == (9, 288, 512, 3) and pair.caption == first.caption
 
 
-def test_fit_pair_accepts_a_final_caption(make_clip, tmp_path):
+def test_a_probed_pair_takes_a_final_caption(make_clip, tmp_path):
     from ltx_ray.data.pairs import PairFiles
 
     clip = make_clip()
-    pair = fit_pair(PairFiles("z", clip, clip), _request("unused"), caption="given caption")
+    pair = fit_pair(probe_pair(PairFiles("z", clip, clip), _request("unused"), caption="given caption"),
+                    _request("unused"))
     assert pair.caption == "given caption"
 
 
@@ -199,9 +200,9 @@ def test_fit_pair_fills_given_arrays_exactly_as_it_fits_new_ones(make_clip, fact
 
     start, end = make_clip(frames=40, fps=16), make_clip(frames=60, fps=24, width=320, height=240)
     request = _request("unused", reference_downscale_factor=factors[0], reference_temporal_scale_factor=factors[1])
-    fresh = fit_pair(PairFiles("p", start, end), request)
+    fresh = fit_pair(probe_pair(PairFiles("p", start, end), request), request)
     out = {field: np.full(shape, 7, dtype) for field, (shape, dtype) in fitted_shapes(request).items()}
-    filled = fit_pair(PairFiles("p", start, end), request, out=out)
+    filled = fit_pair(probe_pair(PairFiles("p", start, end), request), request, out=out)
     for field, array in out.items():
         assert getattr(filled, field) is array, f"{field} is fitted into the given array"
         np.testing.assert_array_equal(array, getattr(fresh, field), err_msg=field)

@@ -127,6 +127,7 @@ os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", LO
 import deepspeed
 from ltx_ray.model import loader
 from ltx_ray.model.lora import apply_lora, lora_state_dict
+from ltx_ray.train import zero3
 
 torch.manual_seed(0)
 model = apply_lora(loader.load_transformer(sys.argv[1]), 4)
@@ -142,7 +143,7 @@ engine, *_ = deepspeed.initialize(model=model, config=config,
                                   model_parameters=[p for p in model.parameters() if p.requires_grad])
 sharded = next(p for n, p in engine.module.named_parameters() if "lora_A" in n)
 assert hasattr(sharded, "ds_id") and sharded.numel() == 0, "LoRA parameters are not partitioned"
-got = lora_state_dict(engine)
+got = zero3.lora_state_dict(engine)
 assert got.keys() == expected.keys()
 assert all(torch.equal(got[k], expected[k]) for k in got)
 print("exported", len(got))

@@ -14,8 +14,9 @@ import boto3
 import pytest
 
 from jobs import ROOT, s3_overrides, tiny_job
-from ltx_ray.data import pipeline
-from ltx_ray.data.pipeline import COMPLETE_MARKER, REPORT_FILE, build_latent_cache, find_cache
+from ltx_ray.data import blobs, cache as latent_cache, pipeline, stages
+from ltx_ray.data.cache import COMPLETE_MARKER, REPORT_FILE, find_cache
+from ltx_ray.data.pipeline import build_latent_cache
 from ltx_ray.train.batches import UnpackLatents, load_samples
 
 
@@ -70,17 +71,17 @@ def test_changed_parameter_misses_the_cache(tmp_path, tiny_bundle, sample_datase
 def test_interrupted_write_leaves_no_complete_looking_cache(tmp_path, tiny_bundle, sample_dataset, decode_log,
                                                            monkeypatch):
     job = tiny_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-crash")
-    real_write = pipeline._write_json
+    real_write = latent_cache._write_json
 
     def crash_before_marker(fs, path, data, job):
         if path.endswith(COMPLETE_MARKER):
             raise KeyboardInterrupt("driver stopped after the shards, before the marker")
         real_write(fs, path, data, job)
 
-    monkeypatch.setattr(pipeline, "_write_json", crash_before_marker)
+    monkeypatch.setattr(latent_cache, "_write_json", crash_before_marker)
     with pytest.raises(KeyboardInterrupt):
         build_latent_cache(job)
-    monkeypatch.setattr(pipeline, "_write_json", real_write)
+    monkeypatch.setattr(latent_cache, "_write_json", real_write)
     partial = next((tmp_path / "runs" / "prep-crash" / "latents").iterdir())
     (write,) = partial.iterdir()
     assert (write / "shards").is_dir() and not (partial / COMPLETE_MARKER).exists()
@@ -172,9 +173,9 @@ def test_packed_tensors_are_safetensors_and_round_trip_every_dtype():
         "ids": torch.arange(6, dtype=torch.int64).reshape(2, 3),
         "empty": torch.zeros(0, 3),
     }
-    blob = pipeline.pack_tensors(tensors)
-    ours, official = pipeline.unpack_tensors(blob), load(blob)  # safetensors' own reader agrees
-    theirs = pipeline.unpack_tensors(save({k: torch.as_tensor(v) for k, v in tensors.items()}))
+    blob = blobs.pack_tensors(tensors)
+    ours, official = blobs.unpack_tensors(blob), load(blob)  # safetensors' own reader agrees
+    theirs = blobs.unpack_tensors(save({k: torch.as_tensor(v) for k, v in tensors.items()}))
     for name, value in tensors.items():
         expected = torch.as_tensor(value)
         for got in (ours[name], official[name], theirs[name]):
@@ -185,22 +186,22 @@ def test_allocated_blob_is_filled_through_its_views():
     import numpy as np
     from safetensors.numpy import load
 
-    blob, views = pipeline.allocate_packed(
+    blob, views = blobs.allocate_packed(
         {"video": ((2, 3, 5, 3), np.dtype(np.uint8)), "audio": ((2, 7), np.dtype(np.float32))}
     )
     video, audio = np.arange(90, dtype=np.uint8).reshape(2, 3, 5, 3), np.linspace(-1, 1, 14, dtype=np.float32)
     views["video"][...], views["audio"][...] = video, audio.reshape(2, 7)
-    for unpacked in (load(blob.tobytes()), {k: v.numpy() for k, v in pipeline.unpack_tensors(blob).items()}):
+    for unpacked in (load(blob.tobytes()), {k: v.numpy() for k, v in blobs.unpack_tensors(blob).items()}):
         np.testing.assert_array_equal(unpacked["video"], video)
         np.testing.assert_array_equal(unpacked["audio"], audio.reshape(2, 7))
-    assert pipeline.pack_tensors({"video": video, "audio": audio.reshape(2, 7)}) == blob.tobytes()
+    assert blobs.pack_tensors({"video": video, "audio": audio.reshape(2, 7)}) == blob.tobytes()
 
 
 @pytest.mark.parametrize("pairs,workers", [(1, 1), (3, 2), (40, 1), (40, 2), (120, 2), (1000, 32)])
 def test_decode_tasks_shrink_towards_the_end_and_cover_every_pair_once(pairs, workers):
-    sizes = pipeline.decode_task_sizes(pairs, workers)
+    sizes = stages.decode_task_sizes(pairs, workers)
     assert sum(sizes) == pairs and min(sizes) >= 1
-    assert max(sizes) <= pipeline.MAX_PAIRS_PER_DECODE_TASK
+    assert max(sizes) <= stages.MAX_PAIRS_PER_DECODE_TASK
     assert sizes == sorted(sizes, reverse=True)  # large tasks first
     # The last task of each worker carries a single pair, so workers finish together.
     assert sizes[-min(workers, len(sizes)):] == [1] * min(workers, len(sizes))

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from omegaconf.nodes import FloatNode
 
 from ltx_ray.config.resolution import (
     SPATIAL_COMPRESSION,
@@ -150,9 +151,24 @@ def _merge_leaves(target: DictConfig, source: Any, prefix: str, problems: list[P
             _merge_leaves(current, value, where + ".", problems)
             continue
         try:
-            target[key] = source[key]
+            target[key] = _as_declared(current, source[key])
         except OmegaConfBaseException as exc:
             problems.append(Problem(where, _type_message(exc, value)))
+
+
+def _as_declared(current: Any, value: Any) -> Any:
+    """An int given where the schema declares a float (or a mapping of floats), as that float.
+
+    Said here rather than left to OmegaConf: 2.4 deprecates its implicit int -> float conversion.
+    """
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if isinstance(current, FloatNode) and is_int(value):
+        return float(value)
+    if isinstance(current, DictConfig) and current._metadata.element_type is float and isinstance(value, DictConfig):
+        return {k: float(v) if is_int(v) else v for k, v in value.items()}
+    return value
 
 
 def _validation_list(value: Any, where: str, problems: list[Problem]) -> list:
@@ -252,8 +268,9 @@ def _check_downscale(job: JobConfig, problems: list[Problem]) -> None:
 def downscale_problems(where: str, f: int, buckets: dict[str, tuple[str, str]]) -> list[Problem]:
     """Why reference downscale factor `f` does not fit the (resolution, aspect ratio) `buckets`, by label."""
     problems: list[Problem] = []
-    if not 1 <= f <= 8:
-        return problems
+    lo, hi = RULES["request.reference_downscale_factor"]
+    if not lo <= f <= hi:
+        return problems  # reported as out of range
     for label, (res, ar) in buckets.items():
         try:
             w, h = bucket_size(res, ar)
@@ -283,10 +300,12 @@ def _check_temporal(job: JobConfig, problems: list[Problem]) -> None:
 def temporal_problems(where: str, k: int, frame_counts: dict[str, int]) -> list[Problem]:
     """Why reference temporal factor `k` does not fit the frame counts, by field name."""
     problems: list[Problem] = []
-    if not 1 <= k <= 8:
-        return problems
+    lo, hi = RULES["request.reference_temporal_scale_factor"]
+    if not lo <= k <= hi:
+        return problems  # reported as out of range
+    fewest, most = RULES["request.number_of_frames"]  # validation_number_of_frames declares the same
     for name, frames in frame_counts.items():
-        if not 9 <= frames <= 121:
+        if not fewest <= frames <= most:
             continue
         span = frames - 1
         if span % k:

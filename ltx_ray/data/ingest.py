@@ -206,29 +206,18 @@ def _probe_pairs(
         except DatasetError as err:
             problems += err.problems
             continue
-        silent = [c.path.name for c in (start, end) if not c.has_audio]
+        silent = _silence(pair.name, (start, end))
         if silent:
-            problems.append(
-                Problem(pair.name, f"silent clips are rejected: {' and '.join(silent)} has no audio track "
-                        "(both the _start and the _end clip of a pair must carry audio)")
-            )
+            problems.append(silent)
             continue
         if warning:
             warnings.append(warning)
-        if not request.auto_scale_input:
-            short = [
-                f"{c.path.name} has {c.frames_at(request.frame_rate)}"
-                for c in (start, end)
-                if c.frames_at(request.frame_rate) < request.number_of_frames
-            ]
-            if short:
-                reason = (
-                    f"too short: {', '.join(short)} frames at {request.frame_rate} fps, "
-                    f"{request.number_of_frames} needed (auto_scale_input=false)"
-                )
-                skipped.append(SkippedPair(pair.name, reason))
-                warnings.append(f"{pair.name}: skipped, {reason}")
-                continue
+        short = _shortfall((start, end), request)
+        if short:
+            reason = f"too short: {short} (auto_scale_input=false)"
+            skipped.append(SkippedPair(pair.name, reason))
+            warnings.append(f"{pair.name}: skipped, {reason}")
+            continue
         probed.append(ProbedPair(pair, caption, start, end, members.get(pair.start, ""), members.get(pair.end, "")))
     if problems:
         raise DatasetError(problems)
@@ -243,62 +232,53 @@ def pair_span(start: ClipInfo, end: ClipInfo, request: RequestConfig) -> float:
     return request.number_of_frames / request.frame_rate
 
 
-def fit_pair(
-    pair: PairFiles | ProbedPair,
-    request: RequestConfig,
-    *,
-    caption: str | None = None,
-    out: dict[str, np.ndarray] | None = None,
-) -> FittedPair:
-    """Decode and fit one pair: both clips to the bucket and frame grid, then scale the reference.
+def probe_pair(pair: PairFiles, request: RequestConfig, *, caption: str | None = None) -> ProbedPair:
+    """Probe, caption and check one pair on its own (a Ray worker's copy of it): the checks of
+    `build_manifest`, where a pair that fails one is an error rather than a skip.
+
+    `caption`, when given, is the final caption (trigger phrase included) instead of the caption file's.
+    """
+    start, end = probe(pair.start), probe(pair.end)
+    silent = _silence(pair.name, (start, end))
+    if silent:
+        raise DatasetError(silent)
+    short = _shortfall((start, end), request)
+    if short:
+        raise DatasetError(Problem(pair.name, f"too short: {short} (auto_scale_input=false)"))
+    if caption is None:
+        caption, _ = read_caption(pair, request.trigger_phrase)
+    return ProbedPair(pair, caption, start, end)
+
+
+def fit_pair(pair: ProbedPair, request: RequestConfig, *, out: dict[str, np.ndarray] | None = None) -> FittedPair:
+    """Decode and fit one checked pair: both clips to the bucket and frame grid, then scale the reference.
 
     Both clips get the same geometry and the same source timestamps, so
     frame i of the reference and of the target show the same instant. The
     reference video is then downscaled by `reference_downscale_factor` and
     temporally subsampled by `reference_temporal_scale_factor`. Each clip's
-    own audio is fitted to the target's duration. Accepts a `PairFiles`
-    (probed and captioned here) or a `ProbedPair` from `build_manifest`.
-    `caption`, when given, is used as the final caption (trigger phrase
-    included) instead of reading the pair's caption file. `out` may hold
-    arrays to fit into, by `FittedPair` field name (see `fitted_shapes`):
-    the target's frames, and an unscaled reference's, are decoded straight
-    into them, with no copy of the clips.
+    own audio is fitted to the target's duration. `out` may hold arrays to
+    fit into, by `FittedPair` field name (see `fitted_shapes`): the target's
+    frames, and an unscaled reference's, are decoded straight into them,
+    with no copy of the clips.
     """
     out = out or {}
-    if isinstance(pair, PairFiles):
-        start, end = probe(pair.start), probe(pair.end)
-        for clip in (start, end):
-            if not clip.has_audio:
-                silent = f"silent clips are rejected: {clip.path.name} has no audio track"
-                raise DatasetError(Problem(pair.name, silent))
-        if caption is None:
-            caption, _ = read_caption(pair, request.trigger_phrase)
-        pair = ProbedPair(pair, caption, start, end)
-    elif caption is not None:
-        pair = ProbedPair(pair.files, caption, pair.start, pair.end, pair.start_member, pair.end_member)
-    frames, rate = request.number_of_frames, request.frame_rate
-    if not request.auto_scale_input:
-        for clip in (pair.start, pair.end):
-            if clip.frames_at(rate) < frames:
-                short = f"has {clip.frames_at(rate)} frames at {rate} fps, {frames} needed"
-                raise DatasetError(Problem(clip.path.name, short))
-    span = pair_span(pair.start, pair.end, request)
     width, height = bucket_size(request.resolution, request.aspect_ratio)
-    audio_opts = (request.audio_normalize, request.audio_preserve_pitch)
+    grid = _Grid(width, height, request.number_of_frames, request.frame_rate, pair_span(pair.start, pair.end, request),
+                 request.audio_normalize, request.audio_preserve_pitch)
     scaled = (request.reference_downscale_factor, request.reference_temporal_scale_factor) != (1, 1)
-    ref = _fit_clip(pair.start, None, width, height, frames, rate, span, *audio_opts,
-                    video_out=None if scaled else out.get("reference_video"))
-    tgt = _fit_clip(pair.end, None, width, height, frames, rate, span, *audio_opts, video_out=out.get("target_video"))
-    ref_video = _scale_reference(ref[0], request.reference_downscale_factor, request.reference_temporal_scale_factor)
+    ref = _fit_clip(pair.start, grid, video_out=None if scaled else out.get("reference_video"))
+    tgt = _fit_clip(pair.end, grid, video_out=out.get("target_video"))
+    ref_video = _scale_reference(ref.video, request.reference_downscale_factor, request.reference_temporal_scale_factor)
     return FittedPair(
         name=pair.name,
         caption=pair.caption,
         reference_video=_into(out.get("reference_video"), ref_video),
-        target_video=_into(out.get("target_video"), tgt[0]),
-        reference_audio=_into(out.get("reference_audio"), ref[1]),
-        target_audio=_into(out.get("target_audio"), tgt[1]),
+        target_video=_into(out.get("target_video"), tgt.video),
+        reference_audio=_into(out.get("reference_audio"), ref.audio),
+        target_audio=_into(out.get("target_audio"), tgt.audio),
         sample_rate=AUDIO_SAMPLE_RATE,
-        frame_rate=float(rate),
+        frame_rate=float(request.frame_rate),
     )
 
 
@@ -327,22 +307,14 @@ def fit_reference(
     if audio_path is None and not info.has_audio:
         silent = "the reference video has no audio track and no reference audio was given"
         raise DatasetError(Problem(Path(video_path).name, silent))
-    if not auto_scale and info.frames_at(frame_rate) < frames:
-        raise DatasetError(
-            Problem(
-                Path(video_path).name, f"has {info.frames_at(frame_rate)} frames at {frame_rate} fps, {frames} needed"
-            )
-        )
+    short = "" if auto_scale else _shortfall((info,), frames=frames, frame_rate=frame_rate)
+    if short:
+        raise DatasetError(Problem(Path(video_path).name, short))
     span = info.duration if auto_scale else frames / frame_rate
-    video, audio = _fit_clip(
-        info, audio_path, width, height, frames, frame_rate, span, audio_normalize, audio_preserve_pitch
-    )
-    return FittedClip(
-        video=_scale_reference(video, downscale_factor, temporal_factor),
-        audio=audio,
-        sample_rate=AUDIO_SAMPLE_RATE,
-        frame_rate=float(frame_rate),
-    )
+    fitted = _fit_clip(info, _Grid(width, height, frames, frame_rate, span, audio_normalize, audio_preserve_pitch),
+                       audio_path=audio_path)
+    fitted.video = _scale_reference(fitted.video, downscale_factor, temporal_factor)
+    return fitted
 
 
 def fitted_shapes(request: RequestConfig) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -369,33 +341,56 @@ def _into(dest: np.ndarray | None, value: np.ndarray) -> np.ndarray:
     return dest
 
 
-def _fit_clip(
-    info: ClipInfo,
-    audio_path: Path | None,
-    width: int,
-    height: int,
-    frames: int,
-    frame_rate: float,
-    span: float,
-    normalize: bool,
-    preserve_pitch: bool,
-    video_out: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    time_scale = span / (frames / frame_rate)
+@dataclass(frozen=True)
+class _Grid:
+    """What a clip is fitted to: the bucket, the frame grid, the source span and the audio options."""
+
+    width: int
+    height: int
+    frames: int
+    frame_rate: float
+    span: float  # seconds of source mapped onto the `frames / frame_rate` of the output
+    normalize: bool
+    preserve_pitch: bool
+
+
+def _fit_clip(info: ClipInfo, grid: _Grid, *, audio_path: Path | None = None,
+              video_out: np.ndarray | None = None) -> FittedClip:
+    """One clip's video and audio on the grid (audio from `audio_path` when given, else its own track)."""
     video = decode_video(
-        info.path, width=width, height=height, frames=frames, frame_rate=frame_rate, time_scale=time_scale,
-        out=video_out,
+        info.path, width=grid.width, height=grid.height, frames=grid.frames, frame_rate=grid.frame_rate,
+        time_scale=grid.span / (grid.frames / grid.frame_rate), out=video_out,
     )
     audio = decode_audio(
         audio_path or info.path,
         # A separate audio file has its own clock: take it from its start.
         start=None if audio_path else info.start_time,
-        span=span,
-        out_samples=audio_samples(frames, frame_rate),
-        preserve_pitch=preserve_pitch,
-        normalize=normalize,
+        span=grid.span,
+        out_samples=audio_samples(grid.frames, grid.frame_rate),
+        preserve_pitch=grid.preserve_pitch,
+        normalize=grid.normalize,
     )
-    return video, audio
+    return FittedClip(video=video, audio=audio, sample_rate=AUDIO_SAMPLE_RATE, frame_rate=float(grid.frame_rate))
+
+
+def _silence(name: str, clips: tuple[ClipInfo, ...]) -> Problem | None:
+    """The rejection of a pair with a clip that has no audio track (both must carry audio), if it has one."""
+    silent = [c.path.name for c in clips if not c.has_audio]
+    if not silent:
+        return None
+    return Problem(name, f"silent clips are rejected: {' and '.join(silent)} has no audio track "
+                         "(both the _start and the _end clip of a pair must carry audio)")
+
+
+def _shortfall(clips: tuple[ClipInfo, ...], request: RequestConfig | None = None, *, frames: int = 0,
+               frame_rate: float = 0.0) -> str:
+    """Which clips have fewer than the needed frames at the frame rate ("" when none, or with auto-scale)."""
+    if request is not None:
+        if request.auto_scale_input:
+            return ""
+        frames, frame_rate = request.number_of_frames, request.frame_rate
+    short = [f"{c.path.name} has {c.frames_at(frame_rate)}" for c in clips if c.frames_at(frame_rate) < frames]
+    return f"{', '.join(short)} frames at {frame_rate:g} fps, {frames} needed" if short else ""
 
 
 def _scale_reference(video: np.ndarray, downscale: int, temporal: int) -> np.ndarray:

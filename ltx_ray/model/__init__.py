@@ -6,4 +6,7 @@
 - `tokens`    patchify and RoPE positions of target and reference tokens; the sigma sampler.
 - `objective` the av2av IC-LoRA training step (a pure function of model, batch, generator).
 - `lora`      PEFT LoRA on the transformer and the LoRA file ltx-core can fuse.
+
+Nothing here reaches into DeepSpeed: ZeRO-3's partitioned build and its gathers are in
+`ltx_ray.train.zero3`, on top of `loader.transformer_blueprint` / `transformer_tensors`.
 """

@@ -5,8 +5,9 @@ config in the safetensors metadata) and `SingleGPUModelBuilder` (model built on
 the meta device, then the checkpoint's tensors, views of the memory-mapped file,
 assigned in place: no second copy of the weights when the requested dtype is
 the checkpoint's; a converted copy otherwise). Under DeepSpeed ZeRO-3 the
-transformer is instead built partitioned (`load_transformer_zero3`): each rank
-only ever holds its own slice of each weight. Components load independently, so a
+transformer is instead built partitioned (`ltx_ray.train.zero3`, from
+`transformer_blueprint` and `transformer_tensors`): each rank only ever holds its
+own slice of each weight. Components load independently, so a
 rank that only trains holds the transformer, and the text encoder can live on
 another device or process.
 
@@ -21,7 +22,7 @@ import json
 import logging
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -143,102 +144,41 @@ def transformer_linear_shapes(checkpoint: str | Path) -> dict[str, tuple[int, in
     return {n: tuple(m.weight.shape) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
 
 
-def load_transformer_zero3(checkpoint: str | Path, ds_config: dict[str, Any], *, dtype: torch.dtype = torch.float32):
-    """The transformer built already partitioned for DeepSpeed ZeRO-3: no rank ever holds all of it.
+def transformer_blueprint(checkpoint: str | Path) -> tuple[Path, Any, dict[str, tuple[int, ...]]]:
+    """The checked checkpoint file, its transformer config and every parameter's shape (built on meta).
 
-    Built inside `deepspeed.zero.Init` (each module's parameters are partitioned
-    across the data-parallel ranks as soon as the module exists; their random
-    init is skipped), then every checkpoint tensor, a zero-copy view of the
-    memory-mapped file, is narrowed to this rank's flat slice and copied into
-    that parameter's shard. No collective runs while loading, and a rank touches
-    only its own pages of the file. Host memory per node: the file's page cache
-    (shared by the node's ranks) plus 1/world of the weights per rank.
-    Call it on every rank of an initialised process group, with the same
-    DeepSpeed config as `deepspeed.initialize`; `dtype` must be the precision
-    that config trains in (`bf16.enabled`: bfloat16, else float32).
-
-    The dtype is left to the config, never passed to `zero.Init`: DeepSpeed
-    0.19's `Init._set_dtype` keeps a passed dtype only where the accelerator
-    reports fp16 support (on CPU, oneDNN's answer, which differs between
-    machines) and otherwise builds in bfloat16. Every parameter and shard is
-    checked against `dtype` after the build.
+    For loaders that build the transformer elsewhere than on one device (`ltx_ray.train.zero3`).
     """
-    import deepspeed
-    import torch.distributed as dist
     from ltx_core.loader import SingleGPUModelBuilder
     from ltx_core.model.transformer.model_configurator import LTXV_MODEL_COMFY_RENAMING_MAP, LTXModelConfigurator
-    from transformers.modeling_utils import no_init_weights
 
-    configured = _deepspeed_precision(ds_config)
-    if configured != dtype:
-        raise ValueError(f"the DeepSpeed config trains in {_PRECISION_NAMES[configured]}, not {dtype}: "
-                         "pass the dtype its precision gives (cluster.precision)")
     path = _check_checkpoint(checkpoint, "transformer")
-    sd_ops = LTXV_MODEL_COMFY_RENAMING_MAP
-    builder = SingleGPUModelBuilder(model_class_configurator=LTXModelConfigurator, model_path=str(path), model_sd_ops=sd_ops)
+    builder = SingleGPUModelBuilder(model_class_configurator=LTXModelConfigurator, model_path=str(path),
+                                    model_sd_ops=LTXV_MODEL_COMFY_RENAMING_MAP)
     config = builder.model_config()
-    shapes = {name: tuple(p.shape) for name, p in builder.meta_model(config, ()).named_parameters()}
-    # Wraps the process group Ray Train (or torchrun) set up, with that group's own backend: zero.Init
-    # checks the config's batch sizes against the world size before it would initialise comms itself.
-    deepspeed.init_distributed(dist_backend=dist.get_backend())
-    with no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds_config):  # dtype from the config
-        model = LTXModelConfigurator.from_config(config)
-    params = dict(model.named_parameters())
-    if set(params) != set(shapes) or any(True for _ in model.buffers()):
-        # Buffers are not partitioned and nothing here would fill them: refuse rather than guess.
-        raise ModelError(Problem(str(path), "this ltx-core transformer has buffers or differs from its meta twin; "
-                                            "the partitioned (ZeRO-3) load does not support it"))
-    wrong = sorted({str(t.dtype) for p in params.values() for t in (p, p.ds_tensor) if t.dtype != dtype})
-    if wrong:  # a DeepSpeed that chooses the dtype otherwise than its config says: fail before training on it
-        raise ModelError(Problem("cluster.precision", f"DeepSpeed's zero.Init built the transformer in {wrong}, "
-                                                      f"not {dtype}; this DeepSpeed release is not supported"))
-    filled: set[str] = set()
+    return path, config, {name: tuple(p.shape) for name, p in builder.meta_model(config, ()).named_parameters()}
+
+
+def transformer_from_config(config: Any) -> torch.nn.Module:
+    """An `LTXModel` with freshly initialised weights, built wherever the caller's context puts it."""
+    from ltx_core.model.transformer.model_configurator import LTXModelConfigurator
+
+    return LTXModelConfigurator.from_config(config)
+
+
+def transformer_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """The checkpoint's transformer tensors under the model's own names: zero-copy views of the mapped file.
+
+    The text connectors' weights share the prefix and come along; callers skip names the model lacks.
+    """
+    from ltx_core.model.transformer.model_configurator import LTXV_MODEL_COMFY_RENAMING_MAP as sd_ops
+
     with _open(path) as f:
         for key in f.keys():
             renamed = sd_ops.apply_to_key(key)
-            if renamed is None:
-                continue
-            for item in sd_ops.apply_to_key_value(renamed, f.get_tensor(key)):
-                param = params.get(item.new_key)
-                if param is None:
-                    continue  # the text connectors' weights live under the same prefix
-                if tuple(item.new_value.shape) != shapes[item.new_key]:
-                    raise ModelError(Problem(str(path), f"{item.new_key} has shape {tuple(item.new_value.shape)}, "
-                                                        f"the model expects {shapes[item.new_key]}"))
-                _fill_own_shard(param, item.new_value)
-                filled.add(item.new_key)
-    _raise_if_missing(path, "transformer", set(params) - filled)  # an unfilled shard is uninitialised memory
-    log.info("loaded transformer from %s partitioned for ZeRO-3 (%d tensors, %s)", path.name, len(filled), dtype)
-    return model.eval()
-
-
-_PRECISION_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
-
-
-def _deepspeed_precision(ds_config: dict[str, Any]) -> torch.dtype:
-    """The dtype a DeepSpeed config trains in, as `zero.Init` reads it when given no dtype."""
-    if (ds_config.get("bf16") or ds_config.get("bfloat16") or {}).get("enabled"):  # DeepSpeed reads either key
-        return torch.bfloat16
-    if ds_config.get("fp16", {}).get("enabled"):
-        return torch.float16
-    return torch.float32
-
-
-def _fill_own_shard(param, full: torch.Tensor) -> None:
-    """Copy this rank's slice of the flattened `full` tensor into `param`'s ZeRO-3 shard."""
-    import torch.distributed as dist
-
-    shard = param.ds_tensor
-    if getattr(shard, "final_location", None) is not None or getattr(param, "ds_secondary_tensor", None) is not None:
-        raise ModelError(Problem("cluster.zero_stage", "NVMe offload and hpZ are not supported by the partitioned load"))
-    size = shard.ds_numel
-    start = size * dist.get_rank(group=param.ds_process_group)
-    take = max(0, min(size, param.ds_numel - start))
-    with torch.no_grad():
-        if take:
-            shard.narrow(0, 0, take).copy_(full.reshape(-1).narrow(0, start, take))
-        if take < size:
-            shard.narrow(0, take, size - take).zero_()  # ZeRO pads the last rank's slice
+            if renamed is not None:
+                for item in sd_ops.apply_to_key_value(renamed, f.get_tensor(key)):
+                    yield item.new_key, item.new_value
 
 
 def load_video_encoder(checkpoint: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
@@ -391,7 +331,7 @@ def _build_with(builder, path: Path, dtype, device: torch.device, what: str):
         raise ModelError(Problem(str(path), f"the {what} config cannot be built: {exc!r}")) from None
     with _open(path) as f:
         available = _mapped_keys(builder.model_sd_ops, f.keys())
-    _raise_if_missing(path, what, expected - available)
+    raise_if_missing(path, what, expected - available)
     try:
         model = builder.build(device=device, dtype=dtype)
     except (RuntimeError, SafetensorError) as exc:
@@ -400,7 +340,7 @@ def _build_with(builder, path: Path, dtype, device: torch.device, what: str):
     return model.eval()
 
 
-def _raise_if_missing(path: Path, what: str, missing: set[str]) -> None:
+def raise_if_missing(path: Path, what: str, missing: set[str]) -> None:
     if missing:
         missing = sorted(missing)
         listed = ", ".join(missing[:_MAX_LISTED_KEYS])

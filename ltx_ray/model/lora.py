@@ -78,19 +78,17 @@ def set_gradient_checkpointing(model: torch.nn.Module, enable: bool = True) -> N
     _ltx_model(model).set_gradient_checkpointing(enable)
 
 
-def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def lora_state_dict(model: torch.nn.Module, *, gathered=None) -> dict[str, torch.Tensor]:
     """The LoRA weights in LTX naming (`diffusion_model.<module>.lora_A.weight`), float32, on the CPU.
 
-    Accepts a PEFT model or a DeepSpeed engine wrapping one. Under ZeRO-3 each
-    parameter is gathered with `deepspeed.zero.GatheredParameters`; that is a
-    collective, so every rank must call this.
+    Accepts a PEFT model or a DeepSpeed engine wrapping one. `gathered(params)`: a context under which
+    partitioned parameters hold their full values (ZeRO-3's gather, `ltx_ray.train.zero3.lora_state_dict`).
     """
     peft_model = _unwrap(model)
     named = [(n, p) for n, p in peft_model.named_parameters() if ".lora_A." in n or ".lora_B." in n]
     if not named:
         raise ModelError(Problem("model", "the model has no LoRA parameters"))
-    # One gather for all LoRA tensors: they are small, and each gather is a collective.
-    with _gathered([p for _, p in named]):
+    with (gathered or _as_is)([p for _, p in named]):
         return {_ltx_key(name): param.detach().to("cpu", torch.float32).clone() for name, param in named}
 
 
@@ -227,10 +225,5 @@ def _ltx_model(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
-def _gathered(params: list[torch.nn.Parameter]):
-    # ZeRO-3 replaces each parameter by an empty shard and tags it with `ds_id`.
-    if any(hasattr(p, "ds_id") for p in params):
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+def _as_is(params: list[torch.nn.Parameter]):
     return contextlib.nullcontext()

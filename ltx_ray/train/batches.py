@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from ltx_ray.data.pipeline import LATENT_COLUMNS as TENSOR_COLUMNS, unpack_tensors
+from ltx_ray.data.blobs import unpack_tensors
+from ltx_ray.data.cache import LATENT_TENSORS
 
 
 class UnpackLatents(NumpyBatchCollateFn):
@@ -28,7 +29,7 @@ class UnpackLatents(NumpyBatchCollateFn):
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         rows = [unpack_tensors(blob) for blob in batch["latents"]]
-        out = {col: torch.stack([r[col] for r in rows]) for col in TENSOR_COLUMNS}
+        out = {col: torch.stack([r[col] for r in rows]) for col in LATENT_TENSORS}
         out["index"] = torch.tensor(np.array(batch["index"], dtype=np.int64))
         return out
 
@@ -38,7 +39,7 @@ def load_samples(batches: Iterable[dict[str, torch.Tensor]]) -> list[dict[str, t
     samples = []
     for batch in batches:
         for i, index in enumerate(batch["index"].tolist()):
-            sample = {col: batch[col][i] for col in TENSOR_COLUMNS}
+            sample = {col: batch[col][i] for col in LATENT_TENSORS}
             sample["index"] = index
             samples.append(sample)
     samples.sort(key=lambda s: s["index"])
@@ -88,7 +89,7 @@ def collate(samples: list[dict[str, torch.Tensor]], indices: list[int], device: 
             dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Stack the chosen samples into a batch on `device`; latents and contexts in `dtype`."""
     batch = {}
-    for col in TENSOR_COLUMNS:
+    for col in LATENT_TENSORS:
         stacked = torch.stack([samples[i][col] for i in indices])
         if col == "context_mask":
             batch[col] = stacked.to(device)

@@ -43,7 +43,8 @@ from ltx_ray import tempdirs
 from ltx_ray.config.load import redact, to_plain
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.errors import ConfigError, Problem, StorageError
-from ltx_ray.storage import describe, join, resolve_filesystem, retrying, storage_uri, upload
+from ltx_ray.storage import (describe, join, read_bytes, resolve_filesystem, retrying, storage_uri, upload,
+                             write_bytes)
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def scan(job: JobConfig, run: str) -> tuple[list[StoredCheckpoint], list[tuple[s
             rejected.append((uri, "incomplete: it has no manifest (its writer stopped before finishing)"))
             continue
         try:
-            manifest = json.loads(_read_bytes(fs, f"{entry.path}/{MANIFEST}", job, uri))
+            manifest = json.loads(read_bytes(fs, f"{entry.path}/{MANIFEST}", job.storage, uri))
             listed = manifest["files"]
         except (ValueError, KeyError, TypeError):
             rejected.append((uri, f"its {MANIFEST} is damaged"))
@@ -121,9 +122,8 @@ def publish(local: Path, job: JobConfig, run: str, step: int) -> StoredCheckpoin
         for name in files:
             upload(local / name, join(uri, name), job.storage)
         manifest = {"layout": LAYOUT, "step": step, "files": files}
-        retrying(f"writing {join(uri, MANIFEST)}",
-                 lambda: _write_bytes(fs, f"{path}/{MANIFEST}", json.dumps(manifest, indent=2).encode()),
-                 job.storage, where=uri)
+        write_bytes(fs, f"{path}/{MANIFEST}", json.dumps(manifest, indent=2).encode(), job.storage,
+                    join(uri, MANIFEST))
     except BaseException:
         try:  # best effort: the folder has no manifest, so nothing would trust it anyway
             fs.delete_dir(path)
@@ -197,7 +197,7 @@ def _download(checkpoint: StoredCheckpoint, job: JobConfig) -> Path:
     local = tempdirs.make("ckpt")
     try:
         for name, entry in checkpoint.files.items():
-            data = _read_bytes(fs, f"{path}/{name}", job, checkpoint.file_uri(name))
+            data = read_bytes(fs, f"{path}/{name}", job.storage, checkpoint.file_uri(name))
             if hashlib.sha256(data).hexdigest() != entry["sha256"]:
                 raise ValueError(f"{name} does not match its checksum in {MANIFEST}")
             (local / name).write_bytes(data)
@@ -226,7 +226,7 @@ def check_resumable(job: JobConfig, run: str) -> StoredCheckpoint | None:
                                       "afresh under another storage.run_name, or remove the run's folder"))
         return None
     fs, path = resolve_filesystem(newest.uri, job.storage)
-    state = json.loads(_read_bytes(fs, f"{path}/{STATE_FILE}", job, newest.file_uri(STATE_FILE)))
+    state = json.loads(read_bytes(fs, f"{path}/{STATE_FILE}", job.storage, newest.file_uri(STATE_FILE)))
     saved = state.get("global_batch_size")
     if saved != job.cluster.global_batch_size:
         raise ConfigError(Problem("cluster.global_batch_size",
@@ -307,19 +307,6 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _read_bytes(fs: pafs.FileSystem, path: str, job: JobConfig, uri: str) -> bytes:
-    def read() -> bytes:
-        with fs.open_input_stream(path) as f:
-            return f.read()
-
-    return retrying(f"reading {uri}", read, job.storage, where=uri)
-
-
-def _write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    with fs.open_output_stream(path) as f:
-        f.write(data)
 
 
 def _delete_dir(fs: pafs.FileSystem, path: str, uri: str, job: JobConfig) -> None:

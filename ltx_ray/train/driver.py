@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from ltx_ray.config.schema import JobConfig
 from ltx_ray.data.pipeline import build_latent_cache, publish_debug_dataset
 from ltx_ray.errors import Problem, StorageError
 from ltx_ray.estimate.preflight import preflight
+from ltx_ray.ray_cluster import init_ray
 from ltx_ray.sample.conditioning import check_validation_inputs
 from ltx_ray.storage import resolve_filesystem, retrying, storage_uri, upload
 from ltx_ray.train import checkpoint
@@ -45,22 +45,6 @@ class TrainResult:
     seconds: float
     checkpoint_uri: str
     outputs: dict[str, Any]
-
-
-def init_ray(job: JobConfig) -> None:
-    """Join the cluster in RAY_ADDRESS (or the one `ray job submit` runs in), else start a local one."""
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        # A local instance: decode tasks, encoder actors and training workers are mostly
-        # waiting on each other, so offer a few more logical CPUs than cores.
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), logging_level=logging.WARNING)
-    # ray.init puts its own SIGTERM handler in place, which aborts the process: ours exits through the
-    # `finally` blocks instead (temporary folders removed, the run's lease released).
-    tempdirs.exit_cleanly_on_sigterm()
 
 
 def prepare_validation(job: JobConfig, run: str) -> str | None:

@@ -1,10 +1,11 @@
-"""The training loop each Ray Train worker runs: plain PyTorch + DeepSpeed, and a few Ray calls.
+"""The training loop each Ray Train worker runs: plain PyTorch + DeepSpeed, and four Ray calls.
 
-Read top to bottom, it is the story of a run: build the model with its LoRA,
-wrap it in a DeepSpeed engine, load the cached latents, resume if a
-checkpoint exists (on any world size), then for every optimizer step: batch
--> av2av loss -> backward -> step, with checkpoints and previews at their
-intervals and a just-in-time checkpoint when a node's preemption is announced.
+Read top to bottom, `_train` is the story of a run: build the model with its LoRA, wrapped in a
+DeepSpeed engine; load the cached latents; resume from the newest verified checkpoint (written on
+any world size); then for every optimizer step `train_step` (batch -> av2av loss -> backward ->
+step), its metrics logged, previews and checkpoints when `should_preview` / `should_checkpoint`
+say so, and a just-in-time checkpoint when a node's preemption is announced. The Ray calls are
+fenced in the last section of this file, each named for what it asks.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import logging
 import os
 import shutil
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
 import deepspeed
+import ray
 import ray.train
 import torch
 import torch.distributed as dist
@@ -25,15 +26,14 @@ from deepspeed.accelerator import get_accelerator
 
 from ltx_ray import tempdirs
 from ltx_ray.config.schema import JobConfig
-from ltx_ray.model.loader import load_transformer, load_transformer_zero3
+from ltx_ray.model.loader import load_transformer
 from ltx_ray.model.lora import apply_lora
-from ltx_ray.model.objective import av2av_loss
-from ltx_ray.model.lora import lora_state_dict
-from ltx_ray.train import batches, train_state
+from ltx_ray.storage import upload
+from ltx_ray.train import batches, train_state, zero3
 from ltx_ray.train.checkpoint import CheckpointWriter, restore
 from ltx_ray.train.deepspeed_config import deepspeed_accelerator, deepspeed_config, lr_lambda
-from ltx_ray.storage import upload
 from ltx_ray.train.outputs import outputs_uri
+from ltx_ray.train.step import StepShape, train_step
 from ltx_ray.train.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -42,118 +42,86 @@ log = logging.getLogger(__name__)
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train the IC-LoRA for exactly `number_of_steps` optimizer steps (Ray Train entry point)."""
     tempdirs.sweep()  # folders of this node's workers that were killed outright
+    rank, _, _ = _worker_place()
     try:
         _train(config)
     finally:
         tempdirs.remove_all()
-        if ray.train.get_context().get_world_rank() == 0:
+        if rank == 0:
             from ltx_ray.sample.preview import local_preview_dir
 
             shutil.rmtree(local_preview_dir(config["run_name"]), ignore_errors=True)
 
 
+def should_preview(job: JobConfig, done: int) -> bool:
+    """A validation preview after `done` steps: every `validation_every`, and after the last."""
+    return done % job.train.validation_every == 0 or done == job.request.number_of_steps
+
+
+def should_checkpoint(job: JobConfig, done: int) -> bool:
+    """A checkpoint after `done` steps: every `checkpoint_every`, and the final one."""
+    return done % job.train.checkpoint_every == 0 or done == job.request.number_of_steps
+
+
 def _train(config: dict[str, Any]) -> None:
     job: JobConfig = config["job"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = torch.device("cuda", ctx.get_local_rank()) if job.cluster.use_gpu else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    # As many intra-op threads as the worker was given CPUs: more oversubscribes the node.
-    torch.set_num_threads(max(1, int(job.cluster.resources_per_worker.get("CPU", 1))))
-    dtype = torch.bfloat16 if job.cluster.precision == "bf16" else torch.float32
-
+    run, total = config["run_name"], job.request.number_of_steps
+    rank, world, local_rank = _worker_place()
+    device, dtype = _device_and_dtype(job, local_rank)
     engine = _build_engine(job, config["checkpoint_path"], world, device, dtype)
-    samples = batches.load_samples(
-        ray.train.get_dataset_shard("train").iter_torch_batches(
-            batch_size=16, device="cpu", collate_fn=batches.UnpackLatents()
-        )
-    )
+    samples = batches.load_samples(_latent_batches())
     c = job.cluster
     # The global batch is the run's; this (re)start's world size only sets how it is accumulated.
-    accumulation, global_batch = c.accumulation_steps(world), c.global_batch_size
-    run = config["run_name"]
-    resumed = restore(engine, job, run, rank)
-    start = int(resumed["step"]) if resumed else 0
-    total = job.request.number_of_steps
-    if rank == 0 and resumed:
-        print(f"ltx-ray: resuming from step {start} of {total} on {world} worker(s) (checkpoint written on "
-              f"{resumed.get('world_size', '?')}, reason: {resumed.get('reason', '?')})", flush=True)
-        if start >= total:
-            print("ltx-ray: this run is already complete; publishing its outputs again", flush=True)
+    shape = StepShape(rank=rank, world=world, accumulation=c.accumulation_steps(world),
+                      micro_batch_size=c.micro_batch_size, global_batch_size=c.global_batch_size)
+    start = _resume(engine, job, run, rank, world)
     tracker = Tracker(job, run, Path(config["wandb_dir"]), enabled=rank == 0)
     progress = _progress_bar(rank, start, total)
-    lora_metadata = config["lora_metadata"]
     previewer = _previewer(job, config, rank, device, dtype)
-    saved_step, preemption_saved = start, False  # the newest step whose state is in storage
     writer = CheckpointWriter(job, run) if rank == 0 else None
+    saved_step, preemption_saved = start, False  # the newest step whose state is in storage
 
     def checkpoint(done: int, reason: str) -> None:
         tensors, meta = train_state.gather(engine)  # collective
-        lora = lora_state_dict(engine)  # collective under ZeRO-3
+        lora = zero3.lora_state_dict(engine)  # collective under ZeRO-3
         if writer is not None:
-            writer.submit(tensors, meta, lora, lora_metadata, state={
-                "step": done, "data_position": {"epoch": batches.epoch_of(done, len(samples), global_batch),
-                                                "samples_seen": done * global_batch},
-                "seed": job.seed, "global_batch_size": global_batch, "world_size": world,
+            writer.submit(tensors, meta, lora, config["lora_metadata"], state={
+                "step": done, "data_position": {"epoch": batches.epoch_of(done, len(samples), shape.global_batch_size),
+                                                "samples_seen": done * shape.global_batch_size},
+                "seed": job.seed, "global_batch_size": shape.global_batch_size, "world_size": world,
                 "resumed_from": start, "reason": reason})
 
+    def on_preemption_notice(step: int) -> None:
+        # A node of this run is about to go (a spot reclaim, a drain): every rank learns it at the same
+        # call, at every micro-step, for a step of a large run takes minutes. Until the accumulation
+        # boundary the weights and AdamW state are the last completed step's: a just-in-time checkpoint
+        # holds that step, and the restarted run redoes at most the steps since the notice.
+        nonlocal saved_step, preemption_saved
+        if preemption_saved or not _preemption_announced():
+            return
+        preemption_saved = True
+        tracker.flush()  # the steps logged so far must outlive the node too: the restart redoes none of them
+        if saved_step != step:
+            if rank == 0:
+                print(f"ltx-ray: a node of this run is being preempted: checkpointing step {step} now", flush=True)
+            checkpoint(step, "preemption")
+            saved_step = step
+
     for step in range(start, total):
-        started = time.perf_counter()
-        data_seconds = 0.0
-        totals = torch.zeros(3)
-        sigmas = torch.zeros(2)
-        tokens = 0
-        for micro in range(accumulation):
-            # A node of this run is about to go (a spot reclaim, a drain): every rank learns it at the same
-            # call, at every micro-step, for a step of a large run takes minutes. Until the accumulation
-            # boundary the weights and AdamW state are the last completed step's: a just-in-time checkpoint
-            # holds that step, and the restarted run redoes at most the steps since the notice.
-            if not preemption_saved and ray.train.get_preemption_info() is not None:
-                preemption_saved = True
-                # The steps logged so far must outlive the node too: the restart redoes none of them.
-                tracker.flush()
-                if saved_step != step:
-                    if rank == 0:
-                        print(f"ltx-ray: a node of this run is being preempted: checkpointing step {step} now",
-                              flush=True)
-                    checkpoint(step, "preemption")
-                    saved_step = step
-            t = time.perf_counter()
-            positions = batches.micro_batch_positions(micro_step=micro, rank=rank, world_size=world,
-                                                      micro_batch_size=c.micro_batch_size)
-            idx = batches.sample_indices(len(samples), seed=job.seed, step=step, positions=positions,
-                                         global_batch_size=global_batch)
-            batch = batches.collate(samples, idx, device, dtype)
-            data_seconds += time.perf_counter() - t
-            loss, m = av2av_loss(
-                engine, batch, batches.noise_generators(job.seed, step, positions, device),
-                reference_downscale_factor=job.request.reference_downscale_factor,
-                reference_temporal_scale_factor=job.request.reference_temporal_scale_factor,
-                frame_rate=float(job.request.frame_rate),
-            )
-            engine.backward(loss)
-            # DeepSpeed steps the optimizer only at the accumulation boundary (the last micro-step).
-            engine.step()
-            totals += torch.tensor([loss.item(), float(m["video_loss"]), float(m["audio_loss"])])
-            sigmas += torch.tensor([float(m["sigma_video"]), float(m["sigma_audio"])])
-            tokens += int(m["video_tokens"]) + int(m["audio_tokens"])
-
-        _maybe_fail(job, step + 1, start, rank)
-        metrics = _step_metrics(engine, totals, sigmas, tokens, accumulation, global_batch, world, started,
-                                data_seconds, storage_failed=writer is not None and writer.error is not None)
-        if metrics.pop("storage_failed"):
-            break  # every rank learns it in the same all-reduce; rank 0 reports the error below
-        seconds = metrics["step_time"]
-        tracker.log(metrics, step=step + 1)
-        if progress is not None:
-            progress.set_postfix(loss=f"{metrics['loss']:.4f}", s_per_step=f"{seconds:.2f}")
-            progress.update(1)
-
+        metrics = train_step(engine, samples, job, step, shape, device, dtype,
+                             storage_failed=writer is not None and writer.error is not None,
+                             before_micro_step=lambda: on_preemption_notice(step))
         done = step + 1
-        if previewer is not None and (done % job.train.validation_every == 0 or done == total):
+        _maybe_fail(job, done, start, rank)
+        if metrics.storage_failed:
+            break  # every rank learned it in the step's all-reduce; rank 0 reports the error below
+        tracker.log(metrics.logged(), step=done)
+        if progress is not None:
+            progress.set_postfix(loss=f"{metrics.loss:.4f}", s_per_step=f"{metrics.step_time:.2f}")
+            progress.update(1)
+        if previewer is not None and should_preview(job, done):
             _preview(previewer, engine, job, run, done, final=done == total, tracker=tracker)
-        if done % job.train.checkpoint_every == 0 or done == total:
+        if should_checkpoint(job, done):
             checkpoint(done, "final" if done == total else "interval")
             saved_step = done
 
@@ -163,12 +131,35 @@ def _train(config: dict[str, Any]) -> None:
         writer.wait()
         if writer.error is not None:
             # Ends the run without a retry: a permanent storage error fails the same way on every attempt.
-            ray.get(config["outcome"].fail.remote(writer.error.problems))
+            _report_failure(config, writer.error.problems)
             tracker.finish()
             return
     wandb_run_dir = tracker.finish()
     if wandb_run_dir is not None:
         upload(wandb_run_dir, outputs_uri(job, run, "wandb"), job.storage)
+
+
+def _device_and_dtype(job: JobConfig, local_rank: int) -> tuple[torch.device, torch.dtype]:
+    device = torch.device("cuda", local_rank) if job.cluster.use_gpu else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    # As many intra-op threads as the worker was given CPUs: more oversubscribes the node.
+    torch.set_num_threads(max(1, int(job.cluster.resources_per_worker.get("CPU", 1))))
+    return device, torch.bfloat16 if job.cluster.precision == "bf16" else torch.float32
+
+
+def _resume(engine, job: JobConfig, run: str, rank: int, world: int) -> int:
+    """Load the newest verified checkpoint into the engine, if any; the step to go on from."""
+    resumed = restore(engine, job, run, rank)
+    if not resumed:
+        return 0
+    start, total = int(resumed["step"]), job.request.number_of_steps
+    if rank == 0:
+        print(f"ltx-ray: resuming from step {start} of {total} on {world} worker(s) (checkpoint written on "
+              f"{resumed.get('world_size', '?')}, reason: {resumed.get('reason', '?')})", flush=True)
+        if start >= total:
+            print("ltx-ray: this run is already complete; publishing its outputs again", flush=True)
+    return start
 
 
 def _previewer(job: JobConfig, config: dict[str, Any], rank: int, device: torch.device, dtype: torch.dtype):
@@ -184,7 +175,12 @@ def _previewer(job: JobConfig, config: dict[str, Any], rank: int, device: torch.
 
 
 class _Bystander:
-    """A rank that does not sample under ZeRO-2: it only waits for rank 0 at the barrier."""
+    """A ZeRO-2 rank other than 0 while rank 0 samples a preview: it waits for it at the barrier.
+
+    Under ZeRO-2 every rank holds the whole model, so rank 0 samples alone (under ZeRO-3 sampling
+    gathers weights, a collective, and every rank runs the `Previewer`); the barrier that ends
+    rank 0's preview keeps the others from running ahead into the next step's collectives.
+    """
 
     def run(self, model, step, out_dir):
         if dist.is_initialized():
@@ -215,7 +211,7 @@ def _build_engine(job: JobConfig, checkpoint_path: str, world: int, device: torc
     ds_config = deepspeed_config(job, world)
     if job.cluster.zero_stage == 3:
         # Partitioned as it loads: no rank ever holds the whole base model.
-        transformer = load_transformer_zero3(checkpoint_path, ds_config, dtype=dtype)
+        transformer = zero3.load_transformer_zero3(checkpoint_path, ds_config, dtype=dtype)
     else:
         transformer = load_transformer(checkpoint_path, dtype=dtype, device=device)
     if job.cluster.gradient_checkpointing:
@@ -238,38 +234,6 @@ def _build_engine(job: JobConfig, checkpoint_path: str, world: int, device: torc
     return engine
 
 
-def _step_metrics(engine, totals: torch.Tensor, sigmas: torch.Tensor, tokens: int, accumulation: int,
-                  global_batch: int, world: int, started: float, data_seconds: float,
-                  storage_failed: bool) -> dict[str, float]:
-    """Losses averaged over micro-steps and ranks, plus speed and optimizer figures.
-
-    `step_time` runs from the step's start to after this all-reduce: everything but logging.
-    `storage_failed` (rank 0's checkpoint writer has failed for good) rides along, so all ranks stop together.
-    """
-    n = accumulation
-    packed = torch.cat([totals / n, sigmas / n, torch.tensor([world * float(storage_failed)])])
-    if dist.is_initialized():
-        dist.all_reduce(packed)
-        packed /= world
-    grad_norm = engine.get_global_grad_norm()
-    seconds = time.perf_counter() - started
-    return {
-        "loss": float(packed[0]),
-        "video_loss": float(packed[1]),
-        "audio_loss": float(packed[2]),
-        "sigma_video": float(packed[3]),
-        "sigma_audio": float(packed[4]),
-        "learning_rate": float(engine.get_lr()[0]),
-        "grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
-        "step_time": seconds,
-        "data_time": data_seconds,
-        "samples_per_second": global_batch / seconds,
-        "world_size": world,
-        "tokens_per_second": tokens * world / seconds,
-        "storage_failed": bool(packed[5] > 0),
-    }
-
-
 def _maybe_fail(job: JobConfig, done: int, start: int, rank: int) -> None:
     """Test hook `train.fail_at_step`: kill the last rank's process once, as a crashed node would.
 
@@ -288,3 +252,29 @@ def _progress_bar(rank: int, start: int, total: int):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=start, desc="train", unit="step", mininterval=2.0)
+
+
+# --- The worker's Ray calls, all of them ---------------------------------------------------------------
+
+
+def _worker_place() -> tuple[int, int, int]:
+    """This worker's (world rank, world size, local rank) in the Ray Train worker group."""
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
+
+
+def _latent_batches():
+    """This worker's shard of the cached latents (`ltx_ray.data.cache`), unpacked into tensors."""
+    return ray.train.get_dataset_shard("train").iter_torch_batches(
+        batch_size=16, device="cpu", collate_fn=batches.UnpackLatents()
+    )
+
+
+def _preemption_announced() -> bool:
+    """Whether Ray has announced that a node of this worker group is going (a drain with a deadline)."""
+    return ray.train.get_preemption_info() is not None
+
+
+def _report_failure(config: dict[str, Any], problems) -> None:
+    """Tell the driver why the run stops (its `_Outcome` actor), so it exits 2 with these problems."""
+    ray.get(config["outcome"].fail.remote(problems))

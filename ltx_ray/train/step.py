@@ -1,0 +1,120 @@
+"""One optimizer step: its micro-batches through the av2av loss and backward, and the step's figures.
+
+A step trains on the run's `global_batch_size` samples whatever the world size: each rank runs
+`accumulation` micro-steps of `micro_batch_size` samples (`ltx_ray.train.batches` says which),
+and DeepSpeed steps the optimizer once, at the last of them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from ltx_ray.config.schema import JobConfig
+from ltx_ray.model.objective import av2av_loss
+from ltx_ray.train import batches
+
+# Averaged over micro-steps, then over ranks in one all-reduce.
+_AVERAGED = ("loss", "video_loss", "audio_loss", "sigma_video", "sigma_audio")
+
+
+@dataclass
+class StepMetrics:
+    """What one optimizer step did, as logged (`logged()`), and whether any rank's storage has failed."""
+
+    loss: float
+    video_loss: float
+    audio_loss: float
+    sigma_video: float
+    sigma_audio: float
+    learning_rate: float
+    grad_norm: float
+    step_time: float  # from the step's start to after its all-reduce: everything but logging
+    data_time: float  # of which collating batches
+    samples_per_second: float
+    world_size: int
+    tokens_per_second: float
+    # Rank 0's checkpoint writer has failed for good: known to every rank after the same all-reduce,
+    # so all of them stop together.
+    storage_failed: bool = False
+
+    def logged(self) -> dict[str, float]:
+        out = asdict(self)
+        del out["storage_failed"]
+        return out
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """How this (re)start of the run cuts a step: its world size and the accumulation that gives."""
+
+    rank: int
+    world: int
+    accumulation: int
+    micro_batch_size: int
+    global_batch_size: int
+
+
+def train_step(engine, samples: list[dict[str, Any]], job: JobConfig, step: int, shape: StepShape,
+               device: torch.device, dtype: torch.dtype, *, storage_failed: bool = False,
+               before_micro_step: Callable[[], None] = lambda: None) -> StepMetrics:
+    """Run optimizer step `step` (0-based) on this rank; every rank calls it (it ends in an all-reduce).
+
+    `before_micro_step` runs before each micro-step (the loop's preemption check: a step of a large
+    run takes minutes). `storage_failed` is this rank's word on its checkpoint writer.
+    """
+    started = time.perf_counter()
+    data_seconds, tokens = 0.0, 0
+    sums = dict.fromkeys(_AVERAGED, 0.0)
+    for micro in range(shape.accumulation):
+        before_micro_step()
+        t = time.perf_counter()
+        positions = batches.micro_batch_positions(micro_step=micro, rank=shape.rank, world_size=shape.world,
+                                                  micro_batch_size=shape.micro_batch_size)
+        idx = batches.sample_indices(len(samples), seed=job.seed, step=step, positions=positions,
+                                     global_batch_size=shape.global_batch_size)
+        batch = batches.collate(samples, idx, device, dtype)
+        data_seconds += time.perf_counter() - t
+        loss, m = av2av_loss(
+            engine, batch, batches.noise_generators(job.seed, step, positions, device),
+            reference_downscale_factor=job.request.reference_downscale_factor,
+            reference_temporal_scale_factor=job.request.reference_temporal_scale_factor,
+            frame_rate=float(job.request.frame_rate),
+        )
+        engine.backward(loss)
+        # Called every micro-step, as DeepSpeed wants it: it counts them, and steps the optimizer (and
+        # zeroes the gradients) only at the accumulation boundary, the last micro-step.
+        engine.step()
+        sums["loss"] += loss.item()
+        for name in _AVERAGED[1:]:
+            sums[name] += float(m[name])
+        tokens += int(m["video_tokens"]) + int(m["audio_tokens"])
+    averaged, storage_failed = _mean_over_ranks({k: v / shape.accumulation for k, v in sums.items()},
+                                                storage_failed, shape.world)
+    grad_norm = engine.get_global_grad_norm()
+    seconds = time.perf_counter() - started
+    return StepMetrics(
+        **averaged,
+        learning_rate=float(engine.get_lr()[0]),
+        grad_norm=float(grad_norm) if grad_norm is not None else 0.0,
+        step_time=seconds,
+        data_time=data_seconds,
+        samples_per_second=shape.global_batch_size / seconds,
+        world_size=shape.world,
+        tokens_per_second=tokens * shape.world / seconds,
+        storage_failed=storage_failed,
+    )
+
+
+def _mean_over_ranks(values: dict[str, float], flag: bool, world: int) -> tuple[dict[str, float], bool]:
+    """Each value's mean over the ranks, and whether any rank raised `flag`: one all-reduce for all."""
+    names = list(values)
+    packed = torch.tensor([values[n] for n in names] + [float(flag)], dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(packed)
+        packed /= world
+    return dict(zip(names, packed[:-1].tolist())), bool(packed[-1] > 0)
