@@ -65,7 +65,7 @@ class Tracker:
             import wandb
 
             self.run.mark_preempting()
-            self.run.finish()
+            _close(self.run)
             # An offline run's folder is named by its start second: the resumed run must not reuse it.
             time.sleep(1 - time.time() % 1)
             self.run = wandb.init(**self._init)
@@ -99,10 +99,23 @@ class Tracker:
             return None
         run_dir = Path(self.run.dir).parent
         try:
-            self.run.finish()
+            _close(self.run)
         except Exception as exc:
             log.warning("W&B finish failed: %s", exc)
+        self.run = None
         return run_dir
+
+
+def _close(run) -> None:
+    """Finish a run and return only once its run file is complete on disk.
+
+    `run.finish()` returns when the service has the last records, not when it has written them: the
+    run file may still hold only its header. Shutting the service down waits for every run file to close.
+    """
+    import wandb
+
+    run.finish()
+    wandb.teardown()
 
 
 # The offline run file is a LevelDB-style log of protobuf records in 32 KiB blocks.
