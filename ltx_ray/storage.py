@@ -148,15 +148,20 @@ def write_bytes(fs: pafs.FileSystem, path: str, data: bytes, storage: StorageCon
 
 
 def file_sha256(fs: pafs.FileSystem, path: str, storage: StorageConfig | None, uri: str = "") -> str:
-    """The SHA-256 of a file of `fs`, read in 4 MiB chunks (transient errors retried)."""
+    """The SHA-256 of a file of `fs` (transient errors retried)."""
     def digest() -> str:
-        h = hashlib.sha256()
         with fs.open_input_stream(path) as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        return h.hexdigest()
+            return stream_sha256(f)
 
     return retrying(f"reading {uri or path}", digest, storage, where=uri or path)
+
+
+def stream_sha256(f) -> str:
+    """The SHA-256 of what is left to read of a binary stream, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    for chunk in iter(lambda: f.read(1 << 22), b""):
+        h.update(chunk)
+    return h.hexdigest()
 
 # Transient: the store is there but did not answer this time. Matched in pyarrow's messages, which
 # carry the AWS SDK's error names and curl's codes rather than an errno.

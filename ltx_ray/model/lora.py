@@ -88,7 +88,8 @@ def lora_state_dict(model: torch.nn.Module, *, gathered=None) -> dict[str, torch
     named = [(n, p) for n, p in peft_model.named_parameters() if ".lora_A." in n or ".lora_B." in n]
     if not named:
         raise ModelError(Problem("model", "the model has no LoRA parameters"))
-    with (gathered or _as_is)([p for _, p in named]):
+    params = [p for _, p in named]
+    with gathered(params) if gathered is not None else contextlib.nullcontext():
         return {_ltx_key(name): param.detach().to("cpu", torch.float32).clone() for name, param in named}
 
 
@@ -224,6 +225,3 @@ def _ltx_model(model: torch.nn.Module) -> torch.nn.Module:
     model = _unwrap(model)
     return model.get_base_model() if isinstance(model, PeftModel) else model
 
-
-def _as_is(params: list[torch.nn.Parameter]):
-    return contextlib.nullcontext()

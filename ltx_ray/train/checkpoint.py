@@ -43,8 +43,8 @@ from ltx_ray import tempdirs
 from ltx_ray.config.load import redact, to_plain
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.errors import ConfigError, Problem, StorageError
-from ltx_ray.storage import (describe, join, read_bytes, resolve_filesystem, retrying, storage_uri, upload,
-                             write_bytes)
+from ltx_ray.storage import (describe, join, read_bytes, resolve_filesystem, retrying, storage_uri, stream_sha256,
+                             upload, write_bytes)
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def latest(job: JobConfig, run: str) -> StoredCheckpoint | None:
 
 def publish(local: Path, job: JobConfig, run: str, step: int) -> StoredCheckpoint:
     """Upload a checkpoint folder, manifest last, then prune; a failed upload leaves nothing behind."""
-    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256_file(p)} for p in sorted(local.iterdir())}
+    files = {p.name: {"size": p.stat().st_size, "sha256": _local_sha256(p)} for p in sorted(local.iterdir())}
     uri = join(checkpoints_uri(job, run), f"step_{step:09d}")
     fs, path = resolve_filesystem(uri, job.storage)
     try:
@@ -301,12 +301,9 @@ def _say(message: str) -> None:
     print(f"ltx-ray: {message}", flush=True)
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+def _local_sha256(path: Path) -> str:
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return stream_sha256(f)
 
 
 def _delete_dir(fs: pafs.FileSystem, path: str, uri: str, job: JobConfig) -> None:

@@ -25,13 +25,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import deepspeed
 import torch
 import torch.distributed as dist
 from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state, safe_set_full_fp32_param
 from deepspeed.utils import safe_set_full_optimizer_state
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from ltx_ray.train.zero3 import gathered
 
 LAYOUT = "ltx-ray/train-state/1"
 FILE = "train_state.safetensors"
@@ -129,7 +130,7 @@ def load(engine, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None
     for name, p in trainable:
         master = tensors[f"param/{name}"]
         # The working copy the forward pass reads (under ZeRO-3 scattered again on leaving the context)...
-        with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
+        with gathered([p], written_by_rank0=True):
             p.data.copy_(master.to(device=p.device, dtype=p.dtype).view_as(p.data))
         # ...and the fp32 master copy and AdamW moments, of which each rank holds its partition.
         _set_partition(optimizer, p, master, None)

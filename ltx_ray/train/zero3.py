@@ -2,7 +2,8 @@
 
 Under ZeRO-3 each parameter is an empty placeholder whose values live in per-rank shards
 (`param.ds_tensor`, `ds_numel` elements of the flattened tensor); this module is the one place
-that reads or writes them. `ltx_ray.model` stays free of DeepSpeed: it names the tensors
+that reads or writes them, or gathers them whole. (The optimizer's partitions, which exist at every
+stage, are `ltx_ray.train.train_state`'s.) `ltx_ray.model` stays free of DeepSpeed: it names the tensors
 (`transformer_blueprint`, `transformer_tensors`), this module decides which rank holds what.
 """
 
@@ -81,13 +82,16 @@ def load_transformer_zero3(checkpoint: str | Path, ds_config: dict[str, Any], *,
     return model.eval()
 
 
-def gathered(params: list[torch.nn.Parameter]):
-    """A context under which ZeRO-3 parameters hold their full values (a collective: every rank enters)."""
+def gathered(params: list[torch.nn.Parameter], *, written_by_rank0: bool = False):
+    """A context under which ZeRO-3 parameters hold their full values (a collective: every rank enters).
+
+    With `written_by_rank0`, what rank 0 writes into them is scattered to every rank's shard on leaving.
+    """
     # ZeRO-3 replaces each parameter by an empty shard and tags it with `ds_id`.
     if any(hasattr(p, "ds_id") for p in params):
         import deepspeed
 
-        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=0 if written_by_rank0 else None)
     return contextlib.nullcontext()
 
 
