@@ -30,7 +30,7 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 
 from ltx_ray.config import load_config  # noqa: E402
-from ltx_ray.data.pipeline import build_latent_cache  # noqa: E402
+from ltx_ray.data.pipeline import UnpackLatents, build_latent_cache  # noqa: E402
 from ltx_ray.data.synthetic import write_sample_dataset  # noqa: E402
 from ltx_ray.model.loader import load_transformer  # noqa: E402
 from ltx_ray.model.lora import apply_lora  # noqa: E402
@@ -99,7 +99,7 @@ def main() -> int:
     checkpoint_stall = statistics.median(with_checkpoint) - statistics.median(without)
 
     cache = build_latent_cache(job, "bench")
-    samples = batches.load_samples(cache.dataset().iter_torch_batches(batch_size=16, collate_fn=batches.UnpackLatents()))
+    samples = batches.load_samples(cache.dataset().iter_torch_batches(batch_size=16, collate_fn=UnpackLatents()))
     ray.shutdown()
     bare = bare_loop(job, samples, args.steps)[WARMUP:]
 

@@ -243,6 +243,34 @@ def test_gpu_pods_drain_ray_within_their_grace_period_and_an_ec2_spot_notice(man
     assert 30 <= drain_s < pod["terminationGracePeriodSeconds"] < 120
 
 
+# EFA devices of one node, all of them requested by its one GPU pod (cluster/README.md, "EFA").
+EFA_DEVICES = {"p5.48xlarge": 32, "p4d.24xlarge": 4, "p4de.24xlarge": 4}
+
+
+@pytest.mark.parametrize("manifest", ["rayjob.yaml", "raycluster.yaml"])
+def test_gpu_pods_request_every_efa_device_of_a_p5_node_and_the_efa_provider(manifest):
+    cluster, group, _ = _gpu_group_and_command(manifest)
+    container = group["template"]["spec"]["containers"][0]
+    resources = container["resources"]
+    # An extended resource: requests must equal limits, a whole count.
+    assert resources["requests"]["vpc.amazonaws.com/efa"] == resources["limits"]["vpc.amazonaws.com/efa"]
+    assert int(resources["limits"]["vpc.amazonaws.com/efa"]) == EFA_DEVICES["p5.48xlarge"]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    assert env["FI_PROVIDER"] == "efa"
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]
+    assert "vpc.amazonaws.com/efa" not in {**head.get("requests", {}), **head.get("limits", {})}
+
+
+@pytest.mark.parametrize("manifest", ["rayjob.yaml", "raycluster.yaml"])
+def test_gpu_pods_log_the_network_nccl_chose(manifest):
+    doc = _ray_doc(CLUSTER / "kuberay" / manifest)
+    _, group, _ = _gpu_group_and_command(manifest)
+    env = {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0].get("env", [])}
+    if doc["kind"] == "RayJob":  # the job's runtime env overrides the container's for its processes
+        env.update(yaml.safe_load(doc["spec"]["runtimeEnvYAML"])["env_vars"])
+    assert env["NCCL_DEBUG"] == "INFO" and set(env["NCCL_DEBUG_SUBSYS"].split(",")) >= {"INIT", "NET"}
+
+
 # --------------------------------------------------------------------------- scripts/submit.sh
 
 
@@ -382,6 +410,22 @@ def test_dockerfile_bakes_in_no_model_weights():
     assert not [ln for ln in instructions if re.search(r"safetensors|huggingface|hf download|gemma", ln, re.I)]
 
 
+def test_dockerfile_installs_a_pinned_efa_stack_with_the_aws_ofi_nccl_plugin_and_runs_as_ray():
+    text = DOCKERFILE.read_text()
+    (version,) = re.findall(r"^ARG EFA_INSTALLER_VERSION=(\S+)$", text, re.M)
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), version  # pinned, never "latest"
+    assert "https://efa-installer.amazonaws.com/aws-efa-installer-${EFA_INSTALLER_VERSION}.tar.gz" in text
+    (install,) = [ln for ln in text.splitlines() if "efa_installer.sh" in ln]
+    for flag in ("-y", "--skip-kmod", "--skip-limit-conf", "--no-verify"):
+        assert flag in install.split()
+    # The plugin is looked for after the install, and the build stops without it.
+    after = text[text.index("efa_installer.sh"):]
+    assert "libnccl-net" in after and re.search(r"exit 1", after)
+    # Root only for the system install: the image's own user runs Ray.
+    users = re.findall(r"^USER (\S+)$", text, re.M)
+    assert users[-1] == "ray" and text.index("USER root") < text.index("efa_installer.sh") < text.rindex("USER ray")
+
+
 def _dockerignored(path: str, patterns: list[str]) -> bool:
     """Docker's rule: the last matching pattern wins; a pattern also matches a path's parents."""
     parts = path.split("/")
@@ -468,3 +512,34 @@ def test_every_cluster_file_documents_the_same_num_workers_range():
     ranges = {_workers_range(_gpu_group_and_command(m)[2]) for m in ("rayjob.yaml", "raycluster.yaml")}
     ranges.add(_aws_documented_range_and_gpus()[0])
     assert len(ranges) == 1, ranges
+
+
+
+def test_aws_gpu_workers_get_an_efa_device_on_every_network_card_in_one_placement_group():
+    from ray.autoscaler._private.aws.config import _configure_from_network_interfaces
+
+    config = yaml.safe_load(AWS.read_text())
+    head = config["available_node_types"][config["head_node_type"]]["node_config"]
+    (worker,) = [t["node_config"] for name, t in config["available_node_types"].items()
+                 if name != config["head_node_type"]]
+    interfaces = worker["NetworkInterfaces"]
+    slots = [(i["NetworkCardIndex"], i["DeviceIndex"]) for i in interfaces]
+    assert len(set(slots)) == len(slots)
+    (primary,) = [i for i in interfaces if (i["NetworkCardIndex"], i["DeviceIndex"]) == (0, 0)]
+    assert primary["InterfaceType"] == "interface"  # IP traffic; an EFA-only interface cannot be primary
+    efa = [i for i in interfaces if i["InterfaceType"] in ("efa", "efa-only")]
+    assert len(efa) == EFA_DEVICES[worker["InstanceType"]] == len({i["NetworkCardIndex"] for i in efa})
+    # The same number the KubeRay GPU pods request, and one subnet and security group, the head's.
+    for manifest in ("rayjob.yaml", "raycluster.yaml"):
+        limits = _gpu_group_and_command(manifest)[1]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert int(limits["vpc.amazonaws.com/efa"]) == len(efa)
+    assert {i["SubnetId"] for i in interfaces} == set(head["SubnetIds"])
+    assert {g for i in interfaces for g in i["Groups"]} == set(head["SecurityGroupIds"])
+    assert worker["Placement"]["GroupName"]
+    # Ray's launcher takes subnets and groups from the interfaces (it refuses them at both levels).
+    prepared = _configure_from_network_interfaces(copy.deepcopy(config))
+    assert set(prepared["available_node_types"]["ray.worker.gpu8"]["node_config"]["SubnetIds"]) == set(head["SubnetIds"])
+    # No public IP for a multi-interface instance: nodes are reached on private addresses.
+    assert config["provider"]["use_internal_ips"] is True
+    run_options = " ".join(config["docker"]["worker_run_options"])
+    assert "--device=/dev/infiniband" in run_options and "--ulimit memlock=-1:-1" in run_options

@@ -21,6 +21,7 @@ from ltx_ray.estimate.architecture import (
 from ltx_ray.estimate.estimate import GIB, at_depth, estimate, with_depth, zero_layout
 from ltx_ray.estimate.preflight import fitting_settings, preflight
 from ltx_ray.estimate.tracker import StorageTracker
+from ltx_ray.estimate.zero_settings import zero_settings
 from ltx_ray.errors import ModelError
 from ltx_ray.model.loader import read_checkpoint_config
 
@@ -138,14 +139,37 @@ def test_fused_attention_footprint_never_holds_the_attention_matrix():
 
 
 def test_zero3_splits_parameters_zero2_keeps_them_whole():
-    counts = {"base_parameters": 8_000_000_000, "trainable_parameters": 200_000_000, "block_parameters": 100_000_000}
-    two = zero_layout(counts, stage=2, world=8, element_bytes=2, overlap_comm=True)
-    three = zero_layout(counts, stage=3, world=8, element_bytes=2, overlap_comm=True)
+    counts = {"base_parameters": 8_000_000_000, "trainable_parameters": 200_000_000, "block_parameters": 100_000_000,
+              "largest_parameter": 50_000_000, "smallest_adapted_weight": 4_000_000, "small_parameters": 210_000_000}
+    settings = {stage: zero_settings(counts, stage=stage, overlap_comm=True) for stage in (2, 3)}
+    two = zero_layout(counts, settings[2], world=8, element_bytes=2)
+    three = zero_layout(counts, settings[3], world=8, element_bytes=2)
     assert two["parameters"] == 8_200_000_000 * 2
-    assert three["parameters"] == (8_200_000_000 // 8 + 150_000_000) * 2
+    # Shards, the small tensors whole on every rank, and a block plus the prefetch bucket (2 x 50 M) gathered.
+    assert three["parameters"] == (8_200_000_000 // 8 + 210_000_000 + 100_000_000 + 100_000_000) * 2
     assert two["optimizer state"] == three["optimizer state"] == 200_000_000 // 8 * 12
-    wider = zero_layout(counts, stage=3, world=16, element_bytes=2, overlap_comm=True)
+    wider = zero_layout(counts, settings[3], world=16, element_bytes=2)
     assert wider["parameters"] < three["parameters"] and wider["optimizer state"] < three["optimizer state"]
+
+
+def test_zero2_buffers_follow_the_bucket_size_and_overlap_comm():
+    counts = {"base_parameters": 8_000_000_000, "trainable_parameters": 200_000_000}
+    overlapped = zero_settings(counts, stage=2, overlap_comm=True)
+    bucket = overlapped["zero_optimization"]["reduce_bucket_size"]
+    assert bucket == 25_000_000
+    # Two bf16 buckets with overlap_comm, one without; the bucket being reduced is also cast to fp32.
+    assert zero_layout(counts, overlapped, world=8, element_bytes=2)["ZeRO buffers"] == (2 * 2 + 2 + 4) * bucket
+    single = zero_settings(counts, stage=2, overlap_comm=False)
+    assert zero_layout(counts, single, world=8, element_bytes=2)["ZeRO buffers"] == (2 + 2 + 4) * bucket
+    # Between steps (a preview) ZeRO-2 has freed its buckets and its gradient partition.
+    between = zero_layout(counts, overlapped, world=8, element_bytes=2, between_steps=True)
+    assert between["ZeRO buffers"] == between["gradients"] == 0
+    # DeepSpeed's defaults (5e8-element buckets, bf16 reduction and accumulation) as the old config had them.
+    default = {"zero_optimization": {"stage": 2, "overlap_comm": True, "contiguous_gradients": True,
+                                     "reduce_bucket_size": 500_000_000}}
+    old = zero_layout(counts, default, world=8, element_bytes=2)
+    assert old["ZeRO buffers"] == 2 * 500_000_000 * 2 + 200_000_000 * 2
+    assert old["gradients"] == 25_000_000 * (2 + 4)  # bf16 partition, cast to fp32 for the step
 
 
 def test_estimate_cli_prints_the_table_and_the_same_numbers_as_json(tiny_bundle, sample_dataset, tmp_path):

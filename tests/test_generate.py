@@ -7,6 +7,7 @@ refusals are checked in-process through the CLI's `main`, which returns the exit
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,24 @@ def test_a_frame_count_the_loras_temporal_factor_cannot_subsample_is_refused(ref
     lora = _relabelled_lora(reference_run, tmp_path, "t2.safetensors", reference_temporal_scale_factor="2")
     err = _refused(capsys, caplog, tiny_bundle, tmp_path, lora, sample_dataset.validation_ref)  # demo: 9 frames
     assert "t2.safetensors (reference_temporal_scale_factor=2)" in err and "validation_number_of_frames=9" in err
+
+
+def test_generate_asks_for_expandable_cuda_segments_when_the_user_has_not_set_the_allocator(monkeypatch):
+    from ltx_ray.sample.generate import use_expandable_segments
+
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
+    use_expandable_segments()
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+
+
+def test_generate_keeps_the_users_own_allocator_setting(monkeypatch):
+    from ltx_ray.sample.generate import use_expandable_segments
+
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:512")
+    use_expandable_segments()
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:512"
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
+    monkeypatch.setenv("PYTORCH_ALLOC_CONF", "max_split_size_mb:512")  # torch 2.9's name for it
+    use_expandable_segments()
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ

@@ -1,4 +1,6 @@
-"""Batch encoders and decoders on the tiny bundle: shapes, dtypes, no autograd."""
+"""Batch encoders and decoders on the tiny bundle: shapes, dtypes, no autograd, audio precision."""
+
+import math
 
 import pytest
 import torch
@@ -38,6 +40,60 @@ def test_encode_audio_gives_25_latent_frames_per_second(tiny_bundle):
     latents = encode_audio(encoder, waveform)
     assert latents.shape[:2] == (2, 2) and latents.shape[3] == 16
     assert abs(latents.shape[2] - 25) <= 1
+
+
+# A bf16 encoder's latents stay within a few bf16 epsilons (2^-8) of the fp32 encoder's, relative to their norm.
+BF16_LATENT_TOLERANCE = 4 * 2**-8
+
+
+def tone(seconds: float = 1.0) -> torch.Tensor:
+    """A 440 Hz stereo tone `[1, 2, S]` at 16 kHz: most mel bins hold little energy, as in real audio."""
+    t = torch.arange(round(16000 * seconds)) / 16000
+    return (0.8 * torch.sin(2 * math.pi * 440 * t)).expand(1, 2, -1).contiguous()
+
+
+def relative_error(latents: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((latents.float() - reference).norm() / reference.norm()).item()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_encode_audio_refuses_a_half_precision_waveform(tiny_bundle, dtype):
+    encoder = loader.load_audio_encoder(tiny_bundle.checkpoint, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="must be float32"):
+        encode_audio(encoder, tone().to(dtype))
+
+
+def test_bf16_audio_encoder_on_a_float32_waveform_matches_fp32_to_bf16_error(tiny_bundle):
+    reference = encode_audio(loader.load_audio_encoder(tiny_bundle.checkpoint), tone())
+    bf16_encoder = loader.load_audio_encoder(tiny_bundle.checkpoint, dtype=torch.bfloat16)
+    assert relative_error(encode_audio(bf16_encoder, tone()), reference) < BF16_LATENT_TOLERANCE
+    # The tolerance tells the two apart: a waveform rounded to bf16 first (-48 dB floor in every mel bin) exceeds it.
+    rounded_first = encode_audio(bf16_encoder, tone().to(torch.bfloat16).float())
+    assert relative_error(rounded_first, reference) > BF16_LATENT_TOLERANCE
+
+
+def test_bf16_encode_stage_gives_audio_latents_within_bf16_error_of_fp32(tiny_bundle):
+    import numpy as np
+
+    from ltx_ray.config.schema import ModelConfig
+    from ltx_ray.data.blobs import pack_tensors, unpack_tensors
+    from ltx_ray.data.stages import Encode
+
+    threads = torch.get_num_threads()
+    try:  # the actor sets one thread per process; this test process keeps its own
+        stage = Encode(ModelConfig(checkpoint=str(tiny_bundle.checkpoint), text_encoder=str(tiny_bundle.gemma_dir)),
+                       use_gpu=False, precision="bf16")
+    finally:
+        torch.set_num_threads(threads)
+    frames, audio = np.zeros((9, 32, 32, 3), np.uint8), tone()[0].numpy()
+    clips = {"reference_video": frames, "target_video": frames, "reference_audio": audio, "target_audio": audio}
+    batch = {"name": np.array(["pair"]), "error": np.array([""]), "caption": np.array(["a tone"]),
+             "media": np.array([pack_tensors(clips)], dtype=object)}
+    latents = unpack_tensors(stage(batch)["latents"][0])
+    reference = encode_audio(loader.load_audio_encoder(tiny_bundle.checkpoint), tone())[0]
+    assert latents["audio"].dtype == torch.bfloat16  # the job's dtype: the encoder did run in bf16
+    assert relative_error(latents["audio"], reference) < BF16_LATENT_TOLERANCE
+    assert relative_error(latents["ref_audio"], reference) < BF16_LATENT_TOLERANCE
 
 
 def test_decode_audio_returns_a_stereo_waveform_and_its_rate(tiny_bundle):

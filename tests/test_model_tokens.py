@@ -1,11 +1,17 @@
-"""Reference positions map onto the target's coordinates; σ follows the shifted logit-normal mixture."""
+"""Reference positions map onto the target's coordinates; σ follows the shifted logit-normal mixture;
+an all-ones text mask reaches the transformer as no mask."""
+
+from dataclasses import replace
 
 import torch
 
+from ltx_ray.model import loader
+from ltx_ray.model.objective import av2av_inputs
 from ltx_ray.model.tokens import (
     audio_positions,
     patchify_audio,
     patchify_video,
+    reference_conditioned_modality,
     reference_video_positions,
     sample_sigmas,
     sigma_shift,
@@ -79,3 +85,67 @@ def test_sigma_uniform_share_is_ten_percent():
     share = (f_mixed - f_pure) / (q - f_pure)
     assert abs(share - 0.10) < 0.01
     assert 0 < mixed.min() and mixed.max() <= 1
+
+
+def _modality(context_mask: torch.Tensor):
+    b, length = context_mask.shape
+    return reference_conditioned_modality(
+        torch.randn(b, 4, 16), torch.randn(b, 6, 16), video_positions(b, 10, 1, 1, FPS), torch.full((b,), 0.5),
+        torch.randn(b, length, 32), context_mask,
+    )
+
+
+def test_an_all_ones_context_mask_reaches_the_modality_as_none():
+    # None lets SDPA use its flash kernel on a GPU; any mask tensor, even all ones, rules it out.
+    assert _modality(torch.ones(2, 8, dtype=torch.int64)).context_mask is None
+
+
+def test_a_context_mask_with_a_zero_is_kept_in_the_modality():
+    mask = torch.ones(2, 8, dtype=torch.int64)
+    mask[1, 5:] = 0
+    assert torch.equal(_modality(mask).context_mask, mask)
+
+
+def test_a_context_mask_without_values_is_kept_as_the_memory_estimator_needs():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    # The estimator runs the step on fake tensors: no value to test, so no host sync may be asked for.
+    with FakeTensorMode():
+        modality = _modality(torch.ones(2, 8, dtype=torch.int64))
+    assert modality.context_mask is not None and modality.context_mask.shape == (2, 8)
+
+
+def _av2av_batch(context_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    b, length = context_mask.shape
+    return {
+        "ref_video": torch.randn(b, 16, 1, 2, 2, generator=g), "video": torch.randn(b, 16, 1, 2, 2, generator=g),
+        "ref_audio": torch.randn(b, 2, 4, 16, generator=g), "audio": torch.randn(b, 2, 4, 16, generator=g),
+        "video_context": torch.randn(b, length, 32, generator=g),
+        "audio_context": torch.randn(b, length, 32, generator=g),
+        "context_mask": context_mask,
+    }
+
+
+def test_the_training_step_gives_the_transformer_no_mask_for_an_all_ones_context_mask():
+    video_in, audio_in = av2av_inputs(_av2av_batch(torch.ones(2, 128, dtype=torch.int64)), torch.Generator())
+    assert video_in.modality.context_mask is None and audio_in.modality.context_mask is None
+
+
+def test_dropping_an_all_ones_context_mask_leaves_the_transformer_output_unchanged(tiny_bundle):
+    model = loader.load_transformer(tiny_bundle.checkpoint).eval()
+    ones = torch.ones(2, 128, dtype=torch.int64)
+    video_in, audio_in = av2av_inputs(_av2av_batch(ones), torch.Generator().manual_seed(0))
+
+    def predict(mask):
+        video, audio = (replace(m.modality, context_mask=mask) for m in (video_in, audio_in))
+        with torch.no_grad():
+            return model(video=video, audio=audio, perturbations=None)
+
+    unmasked, all_ones = predict(None), predict(ones)
+    half_masked = ones.clone()
+    half_masked[:, 64:] = 0
+    for none_out, ones_out, half_out in zip(unmasked, all_ones, predict(half_masked)):
+        assert torch.allclose(none_out, ones_out, rtol=1e-5, atol=1e-6)
+        # The comparison can tell masks apart: masking half the text tokens does change the output.
+        assert not torch.allclose(none_out, half_out, rtol=1e-3, atol=1e-4)

@@ -17,7 +17,8 @@ from jobs import ROOT, s3_overrides, tiny_job
 from ltx_ray.data import blobs, cache as latent_cache, pipeline, stages
 from ltx_ray.data.cache import COMPLETE_MARKER, REPORT_FILE, find_cache
 from ltx_ray.data.pipeline import build_latent_cache
-from ltx_ray.train.batches import UnpackLatents, load_samples
+from ltx_ray.data.pipeline import UnpackLatents
+from ltx_ray.train.batches import load_samples
 
 
 @pytest.fixture

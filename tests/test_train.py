@@ -80,6 +80,16 @@ def test_wandb_offline_run_holds_metrics_for_every_step(reference_run):
     assert steps == list(range(1, STEPS + 1))
     for key in ("video_loss", "audio_loss", "sigma_video", "learning_rate", "grad_norm", "tokens_per_second"):
         assert key in rows[-1]
+    peaks = [r["memory/peak_gib"] for r in rows if "loss" in r]
+    assert len(peaks) == STEPS and all(p > 0 for p in peaks)
+
+
+def test_gradient_checkpointing_recomputes_ltx_core_blocks_in_the_ray_workers(reference_run):
+    job, _, runs = reference_run
+    assert job.cluster.gradient_checkpointing
+    rows = history(runs / "reference" / "outputs" / "wandb" / "run-reference.wandb")
+    # Step 1 of the tiny model's 2 blocks: each block's forward ran again in backward on rank 0.
+    assert [r["memory/recomputed_blocks"] for r in rows if "memory/recomputed_blocks" in r] == [2]
 
 
 def test_reel_has_video_and_audio_of_matching_duration(reference_run):

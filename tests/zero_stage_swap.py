@@ -23,7 +23,7 @@ import torch.distributed as dist  # noqa: E402
 from ltx_ray.config import load_config  # noqa: E402
 from ltx_ray.model.objective import av2av_loss  # noqa: E402
 from ltx_ray.train import batches, train_state  # noqa: E402
-from ltx_ray.train.loop import _build_engine  # noqa: E402
+from ltx_ray.train.engine import build_engine  # noqa: E402
 from test_train_batches import _sample  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -41,7 +41,7 @@ def main(checkpoint: str, gemma: str, out: str, stage_a: int, stage_b: int) -> N
         job, _ = load_config(ROOT / "conf" / "demo.yaml", [
             "request.training_data_url=unused.zip", f"model.checkpoint={checkpoint}", f"model.text_encoder={gemma}",
             f"cluster.zero_stage={stage}", "cluster.num_workers=1", "cluster.gradient_checkpointing=false"])
-        return _build_engine(job, checkpoint, 1, CPU, torch.float32)
+        return build_engine(job, checkpoint, 1, CPU, torch.float32)
 
     def step(engine, n: int) -> float:
         idx = batches.sample_indices(len(samples), seed=1, step=n, positions=[0], global_batch_size=1)

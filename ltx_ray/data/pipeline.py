@@ -21,16 +21,20 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 import ray.data
+import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 from ltx_ray import lease, tempdirs
 from ltx_ray.config.load import redact_url, run_name as derive_run_name
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.data import cache as latent_cache, report as run_report
-from ltx_ray.data.cache import LatentCache, cache_key, cache_uri, find_cache
+from ltx_ray.data.blobs import unpack_tensors
+from ltx_ray.data.cache import LATENT_TENSORS, LatentCache, cache_key, cache_uri, find_cache
 from ltx_ray.data.fetch import content_hash, fetch
 from ltx_ray.data.stages import LARGE_BUFFER_ENV, Encode, decode_stage
 from ltx_ray.errors import DatasetError, Problem
@@ -38,6 +42,16 @@ from ltx_ray.ray_cluster import init_ray
 from ltx_ray.storage import is_local, join, local_path, resolve_filesystem, storage_uri, upload
 
 log = logging.getLogger(__name__)
+
+
+class UnpackLatents(NumpyBatchCollateFn):
+    """`collate_fn` for `iter_torch_batches`: the cached safetensors blobs as stacked tensors."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        rows = [unpack_tensors(blob) for blob in batch["latents"]]
+        out = {col: torch.stack([r[col] for r in rows]) for col in LATENT_TENSORS}
+        out["index"] = torch.tensor(np.array(batch["index"], dtype=np.int64))
+        return out
 
 
 def build_latent_cache(job: JobConfig, run: str | None = None) -> LatentCache:

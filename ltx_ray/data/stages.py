@@ -224,7 +224,7 @@ class Encode:
                 return encode_video(self.video_encoder, clips[name][None].to(self.device))[0].cpu()
 
             def audio(name: str):
-                return encode_audio(self.audio_encoder, clips[name][None].to(self.device, self.dtype))[0].cpu()
+                return encode_audio(self.audio_encoder, clips[name][None])[0].cpu()  # float32 into the mel front end
 
             text = encode_text(self.text_encoder, [caption])
             return {"ref_video": video("reference_video"), "video": video("target_video"),

@@ -9,10 +9,12 @@ What is measured and what is laid out by rule:
   number of blocks: it is measured at two depths (`PROBE_DEPTHS`, same widths)
   and extended to the model's depth; `exact_depth=True` runs every block instead
   (minutes for the 48-block model; a test checks the two agree).
-- laid out by rule: parameters, gradients and optimizer state as DeepSpeed ZeRO
-  holds them per GPU (`zero_layout`), from the exact parameter counts of the
-  model built on the meta device; the Gemma-3 text encoder's weights from its
-  `config.json` and its forward from its sizes.
+- laid out by rule: parameters, DeepSpeed's buffers, gradients and optimizer
+  state as DeepSpeed ZeRO holds them per GPU (`zero_layout`), from the exact
+  parameter counts of the model built on the meta device and the very ZeRO
+  settings training runs with (`zero_settings`, which `deepspeed_config` uses);
+  the Gemma-3 text encoder's weights from its `config.json` and its forward
+  from its sizes.
 - allowed for, not modelled: the CUDA context and kernels, cuBLAS workspaces,
   NCCL buffers (`FIXED_ALLOWANCE`) and the caching allocator's fragmentation
   (`FRAGMENTATION` of the modelled peak).
@@ -35,16 +37,13 @@ from ltx_ray.estimate.architecture import (
     preview_shapes,
     training_shapes,
 )
+from ltx_ray.estimate.zero_settings import zero_settings
 
 GIB = 2**30
 # Depths the step is measured at before extending it to the model's depth.
 PROBE_DEPTHS = (4, 8)
-# DeepSpeed ZeRO defaults we do not override (deepspeed/runtime/zero/config.py): elements per gradient
-# reduction bucket — allocated in full whenever `contiguous_gradients` is on, twice with `overlap_comm`
-# (stage_1_and_2.setup_buckets) — and ZeRO-3's prefetch and live-parameter limits.
-REDUCE_BUCKET_ELEMENTS = 500_000_000
-PREFETCH_BUCKET_ELEMENTS = 50_000_000
-MAX_LIVE_PARAMETERS = 1_000_000_000
+# Bytes per element of the dtype names a DeepSpeed config uses.
+_DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 # Per GPU: CUDA context + kernels (~0.5-1 GiB), cuBLAS workspaces, NCCL communicators (~0.3 GiB) ...
 FIXED_ALLOWANCE = 1.5 * GIB
 # ... and the caching allocator's fragmentation, as a share of the modelled peak.
@@ -129,30 +128,77 @@ def at_depth(measure, arch: Architecture, blocks: int, *, exact: bool = False) -
     )
 
 
-def zero_layout(counts: dict[str, int], *, stage: int, world: int, element_bytes: int,
-                overlap_comm: bool) -> dict[str, int]:
-    """Parameters, gradients and optimizer state per GPU as DeepSpeed ZeRO `stage` holds them.
+def zero_layout(counts: dict[str, int], ds_config: dict[str, Any], *, world: int, element_bytes: int,
+                between_steps: bool = False) -> dict[str, int]:
+    """Parameters, DeepSpeed's buffers, gradients and optimizer state per GPU under `ds_config` (a DeepSpeed
+    config dict, or `zero_settings`' part of one), as DeepSpeed 0.19 holds them (read from its
+    `runtime/zero/stage_1_and_2.py` and `stage3.py`).
 
-    Both stages: the LoRA's fp32 master copy and AdamW's two fp32 moments are
-    split over the `world` ranks, and so are the reduced gradients (model dtype,
-    plus their fp32 copy during the step); the gradient reduction buckets are
-    whole on every rank. Stage 2 keeps the base model and the LoRA whole on
-    every rank; stage 3 splits them too and gathers a working set (the block in
-    use plus the prefetch bucket, at most `MAX_LIVE_PARAMETERS`).
+    - parameters: ZeRO-2 keeps the base model and the LoRA whole on every rank. ZeRO-3 splits them over
+      the `world` ranks and holds whole, besides, the parameters under `stage3_param_persistence_threshold`
+      and a gathered working set: one block plus `stage3_prefetch_bucket_size`, at most
+      `stage3_max_live_parameters`.
+    - ZeRO buffers: the gradient reduction buckets of `reduce_bucket_size` elements, allocated in full
+      whenever `contiguous_gradients` is on (ZeRO-2: in the model's dtype, twice with `overlap_comm`;
+      ZeRO-3: once, in `communication_data_type`), plus the bucket being reduced (ZeRO-2 flattens it and
+      casts it to the communication dtype; ZeRO-3 concatenates it).
+    - gradients: this rank's 1/world of the LoRA's reduced gradients, summed over micro-steps in
+      `data_types.grad_accum_dtype` (the model's dtype when unset), and cast to fp32 for the step if not
+      fp32 already.
+    - optimizer state: this rank's 1/world of the LoRA's fp32 master weights and AdamW's two fp32 moments.
+
+    `between_steps`: what stays allocated outside backward and the optimizer step (a preview runs then):
+    ZeRO-2 frees its buckets after every backward and its gradient partition after the step; ZeRO-3
+    keeps its one bucket and its gradient partition; no bucket is being reduced, no gradient cast.
     """
+    zero = ds_config["zero_optimization"]
+    stage = zero["stage"]
     base, lora = counts["base_parameters"], counts["trainable_parameters"]
-    buckets = (2 if overlap_comm and stage == 2 else 1) * REDUCE_BUCKET_ELEMENTS * element_bytes
+    comm = _DTYPE_BYTES[ds_config.get("communication_data_type") or _dtype_name(element_bytes)]
+    accum = _DTYPE_BYTES[(ds_config.get("data_types") or {}).get("grad_accum_dtype") or _dtype_name(element_bytes)]
+    bucket, share = zero["reduce_bucket_size"], -(-lora // world)
     if stage == 2:
         params = (base + lora) * element_bytes
+        buckets = (2 if zero["overlap_comm"] else 1) * bucket * element_bytes  # from backward's start to its end
+        reducing = min(bucket, lora) * (element_bytes + (comm if comm != element_bytes else 0))
+        kept_gradients = 0  # freed after the step
     else:
-        working = min(MAX_LIVE_PARAMETERS, counts["block_parameters"] + PREFETCH_BUCKET_ELEMENTS)
-        params = -(-(base + lora) // world) * element_bytes + working * element_bytes
-    share = -(-lora // world)
+        working = min(zero["stage3_max_live_parameters"],
+                      counts["block_parameters"] + zero["stage3_prefetch_bucket_size"])
+        params = (-(-(base + lora) // world) + _persistent(counts, zero) + working) * element_bytes
+        buckets = bucket * comm  # allocated once, kept
+        reducing = min(bucket, lora) * comm
+        kept_gradients = share * accum
+    if not zero.get("contiguous_gradients", True):
+        buckets = 0
+    if between_steps:
+        buffers = buckets if stage == 3 else 0
+        gradients = kept_gradients
+    else:
+        buffers = buckets + reducing
+        gradients = share * accum + (share * 4 if accum != 4 else 0)
     return {
         "parameters": params,
-        "gradients": buckets + share * (element_bytes + 4),
+        "ZeRO buffers": buffers,
+        "gradients": gradients,
         "optimizer state": share * (4 + 8),
     }
+
+
+def _dtype_name(element_bytes: int) -> str:
+    return "fp32" if element_bytes == 4 else "bf16"
+
+
+def _persistent(counts: dict[str, int], zero: dict[str, Any]) -> int:
+    """Elements ZeRO-3 keeps whole on every rank: the parameters of at most `stage3_param_persistence_threshold`
+    elements, counted for the two thresholds `zero_settings` can give (none, or every tensor smaller than the
+    smallest adapted weight)."""
+    threshold = zero["stage3_param_persistence_threshold"]
+    if threshold == 0:
+        return 0
+    if threshold == counts["smallest_adapted_weight"] - 1:
+        return counts["small_parameters"]
+    raise ValueError(f"no count of the parameters under a persistence threshold of {threshold} elements")
 
 
 def _allowance(modelled: int) -> int:
@@ -177,9 +223,9 @@ def _gemma_use(job: JobConfig, arch: Architecture, shapes, element_bytes: int) -
     return {"parameters": weights, "activations": hidden, "temporaries": layer}, [f"Gemma-3 sizes from {source}"]
 
 
-def _training_use(counts, step: memory.Measured, *, stage: int, world: int, element_bytes: int,
-                  overlap_comm: bool) -> GpuUse:
-    layout = zero_layout(counts, stage=stage, world=world, element_bytes=element_bytes, overlap_comm=overlap_comm)
+def _training_use(counts, step: memory.Measured, ds_config: dict[str, Any], *, world: int,
+                  element_bytes: int) -> GpuUse:
+    layout = zero_layout(counts, ds_config, world=world, element_bytes=element_bytes)
     kinds = {**layout, **{k: step.kinds[k] for k in ("activations", "temporaries", "inputs")}}
     return GpuUse("training worker", kinds, _allowance(sum(kinds.values())), list(step.notes))
 
@@ -212,18 +258,18 @@ def estimate(job: JobConfig, *, exact_depth: bool = False, gpu_attention: bool =
     steps = {c.gradient_checkpointing: training_step(c.gradient_checkpointing)}
     # An elastic run may shrink to its minimum: the fewest workers hold the largest shards.
     world_size = c.min_workers
-    layout = zero_layout(counts, stage=c.zero_stage, world=world_size, element_bytes=element_bytes,
-                         overlap_comm=c.use_gpu)
-    uses = [_training_use(counts, steps[c.gradient_checkpointing], stage=c.zero_stage, world=world_size,
-                          element_bytes=element_bytes, overlap_comm=c.use_gpu)]
+    # The ZeRO settings deepspeed_config trains with (the same function, the same counts).
+    settings = {stage: zero_settings(counts, stage=stage, overlap_comm=c.use_gpu) for stage in (2, 3)}
+    uses = [_training_use(counts, steps[c.gradient_checkpointing], settings[c.zero_stage], world=world_size,
+                          element_bytes=element_bytes)]
     others = []
     if alternatives:
         steps[not c.gradient_checkpointing] = training_step(not c.gradient_checkpointing)
         for gc in (True, False):
             for stage in (2, 3):
                 for world in ((world_size,) if stage == 2 else (world_size, 2 * world_size, 4 * world_size)):
-                    use = _training_use(counts, steps[gc], stage=stage, world=world, element_bytes=element_bytes,
-                                        overlap_comm=c.use_gpu)
+                    use = _training_use(counts, steps[gc], settings[stage], world=world,
+                                        element_bytes=element_bytes)
                     others.append({"zero_stage": stage, "gradient_checkpointing": gc, "num_workers": world,
                                    "peak": use.total})
 
@@ -236,8 +282,8 @@ def estimate(job: JobConfig, *, exact_depth: bool = False, gpu_attention: bool =
         preview = at_depth(lambda a: memory.preview_step(
             a, pshapes, passes=passes, frame_rate=float(r.validation_frame_rate), **lora), arch, blocks,
             exact=exact_depth)
-        resident = dict(layout)
-        resident["gradients"] = -(-counts["trainable_parameters"] // world_size) * element_bytes
+        resident = zero_layout(counts, settings[c.zero_stage], world=world_size, element_bytes=element_bytes,
+                               between_steps=True)
         kinds = {**resident, **{k: preview.kinds[k] for k in ("activations", "temporaries", "inputs")}}
         uses.append(GpuUse("previewing rank 0", kinds, _allowance(sum(kinds.values())),
                            [f"{passes} guidance pass(es) per step as one batch"] + preview.notes))
@@ -255,7 +301,7 @@ def estimate(job: JobConfig, *, exact_depth: bool = False, gpu_attention: bool =
         tokens=shapes.tokens, preview_tokens=pshapes.tokens,
         settings={"zero_stage": c.zero_stage, "world_size": world_size, "micro_batch_size": c.micro_batch_size,
                   "gradient_checkpointing": c.gradient_checkpointing, "precision": c.precision,
-                  "gpu_attention": gpu_attention, "rank": r.rank},
+                  "gpu_attention": gpu_attention, "rank": r.rank, "deepspeed": settings[c.zero_stage]},
         uses=uses, alternatives=others, seconds=time.perf_counter() - started,
     )
 
@@ -275,6 +321,7 @@ def format_table(est: Estimate) -> str:
         f"ZeRO-{s['zero_stage']} over {s['world_size']} GPU(s), micro-batch {s['micro_batch_size']}, "
         f"gradient checkpointing {'on' if s['gradient_checkpointing'] else 'off'}, {s['precision']}, "
         f"attention {'as a GPU fused kernel holds it' if s['gpu_attention'] else 'as CPU SDPA runs it'}",
+        _deepspeed_line(s["deepspeed"]),
         "",
     ]
     kinds = list(dict.fromkeys(k for u in est.uses for k in u.kinds))
@@ -298,6 +345,17 @@ def format_table(est: Estimate) -> str:
                  f"{FRAGMENTATION:.0%} of the modelled peak (allocator fragmentation)")
     lines.append(f"peak per GPU: {est.peak / GIB:.2f} GiB  (estimated in {est.seconds:.0f} s)")
     return "\n".join(lines)
+
+
+def _deepspeed_line(ds: dict[str, Any]) -> str:
+    zero = ds["zero_optimization"]
+    line = (f"DeepSpeed: reduce bucket {zero['reduce_bucket_size'] / 1e6:.1f} M elements"
+            f"{' (double-buffered)' if zero['overlap_comm'] and zero['stage'] == 2 else ''}, gradients reduced in "
+            f"{ds['communication_data_type']} and accumulated in {ds['data_types']['grad_accum_dtype']}")
+    if zero["stage"] == 3:
+        line += (f"; parameters under {zero['stage3_param_persistence_threshold'] / 1e6:.1f} M elements whole on "
+                 f"every rank, prefetch {zero['stage3_prefetch_bucket_size'] / 1e6:.0f} M elements")
+    return line
 
 
 def as_json(est: Estimate) -> str:

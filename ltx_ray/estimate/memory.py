@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ltx_ray.estimate.architecture import Architecture, StepShapes
+from ltx_ray.estimate.architecture import Architecture, StepShapes, architecture_for
 from ltx_ray.estimate.tracker import StorageTracker
 
 # Kinds of the measured peak, in the order a table shows them.
@@ -139,16 +139,36 @@ def build_transformer(arch: Architecture, *, dtype: torch.dtype, lora_rank: int 
 
 
 def model_counts(arch: Architecture, *, lora_rank: int, lora_targets, include_feed_forward: bool) -> dict[str, int]:
-    """Exact parameter counts of the transformer and its LoRA, built on the meta device."""
+    """Exact parameter counts of the transformer and its LoRA, built on the meta device.
+
+    Besides the totals, the sizes DeepSpeed's buffers are set from (`estimate.zero_settings`):
+    `largest_parameter` (elements of the largest tensor), `block_parameters` (one block, its
+    LoRA included), `smallest_adapted_weight` (the smallest weight the LoRA adapts) and
+    `small_parameters` (elements of all tensors smaller than that one: norms, biases, scale-shift
+    tables, attention gates and the LoRA's own A and B).
+    """
     with torch.device("meta"):
         model = build_transformer(arch, dtype=torch.bfloat16, lora_rank=lora_rank, lora_targets=lora_targets,
                                   include_feed_forward=include_feed_forward)
+    sizes = [p.numel() for p in model.parameters()]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    layers = sum(1 for n, _ in model.named_modules() if n.endswith(".lora_A"))
+    total = sum(sizes)
+    adapted = [m.base_layer.weight.numel() for n, m in model.named_modules()
+               if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+    smallest_adapted = min(adapted)
     blocks = model.base_model.model.transformer_blocks
-    return {"base_parameters": total - trainable, "trainable_parameters": trainable, "lora_layers": layers,
-            "blocks": len(blocks), "block_parameters": sum(p.numel() for p in blocks[0].parameters())}
+    return {"base_parameters": total - trainable, "trainable_parameters": trainable, "lora_layers": len(adapted),
+            "blocks": len(blocks), "block_parameters": sum(p.numel() for p in blocks[0].parameters()),
+            "largest_parameter": max(sizes), "smallest_adapted_weight": smallest_adapted,
+            "small_parameters": sum(s for s in sizes if s < smallest_adapted)}
+
+
+def job_model_counts(job) -> dict[str, int]:
+    """`model_counts` of the job's transformer (its `model.checkpoint`'s architecture, or the built-in 22B where
+    the header cannot be reached) with the job's LoRA."""
+    arch, _ = architecture_for(job)
+    return model_counts(arch, lora_rank=job.request.rank, lora_targets=job.model.lora_targets,
+                        include_feed_forward=job.model.lora_include_feed_forward)
 
 
 def random_batch(arch: Architecture, shapes: StepShapes, batch: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:

@@ -44,16 +44,17 @@ def fitting_settings(est: Estimate, job: JobConfig, limit: int) -> list[str]:
     return [f"{_setting(a, job)} ({a['peak'] / GIB:.1f} GiB)" for a in fits[:3]]
 
 
-def preflight(job: JobConfig) -> list[str]:
+def preflight(job: JobConfig, est: Estimate | None = None) -> list[str]:
     """Estimate the run's memory and return a warning per GPU user whose peak exceeds the GPU (also logged).
 
-    No GPU memory known (a CPU job without `cluster.gpu_memory_gb`): no estimate, no warnings.
+    `est`: the job's estimate when the caller has it (with its alternatives, for the settings that would
+    fit). No GPU memory known (a CPU job without `cluster.gpu_memory_gb`): no estimate, no warnings.
     """
     limit, source = gpu_memory(job)
     if limit is None:
         return []
     log.info("pre-flight: estimating GPU memory against %.1f GiB per GPU (%s)", limit / GIB, source)
-    est = estimate(job)
+    est = est or estimate(job)
     warnings = []
     for use in est.uses:
         if use.total <= limit:

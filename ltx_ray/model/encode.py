@@ -42,32 +42,82 @@ def encode_video(encoder, frames: torch.Tensor) -> torch.Tensor:
         return encoder(pixels)
 
 
-def decode_video(decoder, latents: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Latents `[B, C, f, h, w]` to frames uint8 `[B, 8(f-1)+1, 32h, 32w, 3]`."""
+def validation_tiling():
+    """The official validation's tiling (ltx-trainer's `TiledDecodingConfig` defaults) as an ltx-core `TilingConfig`.
+
+    Tiles of 192 px overlapping by 64 px, and of 48 frames overlapping by 24: small enough that
+    decoding a 960x960x121 clip fits beside the 22B base on a training GPU.
+    """
+    from ltx_core.model.video_vae import SpatialTilingConfig, TemporalTilingConfig, TilingConfig
+
+    return TilingConfig(spatial_config=SpatialTilingConfig(tile_size_in_pixels=192, tile_overlap_in_pixels=64),
+                        temporal_config=TemporalTilingConfig(tile_size_in_frames=48, tile_overlap_in_frames=24))
+
+
+def decode_video(decoder, latents: torch.Tensor, generator: torch.Generator | None = None,
+                 tiling=None) -> torch.Tensor:
+    """Latents `[B, C, f, h, w]` to frames uint8 `[B, 8(f-1)+1, 32h, 32w, 3]`.
+
+    A clip larger than one tile of `tiling` (an ltx-core `TilingConfig`; None: `validation_tiling()`)
+    is decoded tile by tile by ltx-core's `VideoDecoder.tiled_decode`, which blends overlapping
+    tiles: near the seams the pixels differ from one whole-clip call's, since each tile's
+    convolutions see only that tile. A clip that fits in one tile (or `TilingConfig()`, no tiling)
+    is decoded in one call.
+    """
+    from dataclasses import replace
+
+    from ltx_core.model.video_vae import TemporalTilingConfig
+
     param = next(decoder.parameters())
     decoder.eval()
+    tiling = validation_tiling() if tiling is None else tiling
+    if tiling.temporal_config is None:  # ltx-core 1.0.0's tiled_decode needs one: a tile as long as the clip
+        tiling = replace(tiling, temporal_config=TemporalTilingConfig(max(16, 8 * latents.shape[2]), 0))
     with torch.inference_mode():
-        pixels = decoder(latents.to(param.device, param.dtype), generator=generator)
-        frames = ((pixels.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        latents = latents.to(param.device, param.dtype)
+        if _fits_one_tile(decoder, latents, tiling):
+            chunks = [decoder(latents, generator=generator)]
+        else:  # chunks of frames, in order; each becomes uint8 as it comes, so the float clip is never whole
+            chunks = decoder.tiled_decode(latents, tiling, generator=generator)
+        frames = torch.cat([((c.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8) for c in chunks], 2)
         return frames.permute(0, 2, 3, 4, 1).contiguous()
 
 
+def _fits_one_tile(decoder, latents: torch.Tensor, tiling) -> bool:
+    """Whether ltx-core's tiling would cut these latents at all (its `VideoDecoder._prepare_tiles` rule).
+
+    A spatial tile spans `tile_size_in_pixels` on the longer side (the shorter side's tile is scaled
+    to the clip's aspect), so nothing is cut when the longer side fits; a temporal tile spans
+    `tile_size_in_frames` / 8 latent frames.
+    """
+    factors = decoder.video_downscale_factors
+    _, _, frames, height, width = latents.shape
+    spatial, temporal = tiling.spatial_config, tiling.temporal_config
+    return ((spatial is None or max(height, width) <= spatial.tile_size_in_pixels // factors.height)
+            and (temporal is None or frames <= temporal.tile_size_in_frames // factors.time))
+
+
 def encode_audio(audio_encoder, waveform: torch.Tensor, sample_rate: int = AUDIO_SAMPLE_RATE) -> torch.Tensor:
-    """Stereo waveform float `[B, 2, S]` in [-1, 1] to audio latents `[B, C, T, M]` via ltx-core's mel front end.
+    """Stereo waveform float32 `[B, 2, S]` in [-1, 1] to audio latents `[B, C, T, M]` via ltx-core's mel front end.
 
     T = 25 latent frames per second of audio (16 kHz, mel hop 160, 4x); for
     LTX-2.3 C = 8 channels and M = 16 mel bins (tiny bundle: C = 2).
     Other sample rates are resampled by ltx-core's `AudioProcessor`.
+    Pass the waveform as decoded, whatever the encoder's dtype: a bf16 or fp16
+    waveform is refused (ValueError), since its 8- or 11-bit mantissa has already
+    put a noise floor (~-48 dB for bf16) into every mel bin.
     """
     from ltx_core.model.audio_vae import encode_audio as ltx_encode_audio
     from ltx_core.types import Audio
 
     if waveform.ndim != 3 or waveform.shape[1] != 2:
         raise ValueError(f"waveform must be [B, 2, S] stereo, got {tuple(waveform.shape)}")
+    if waveform.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"waveform must be float32 (cast the encoder, not the audio), got {waveform.dtype}")
     param = next(audio_encoder.parameters())
     audio_encoder.eval()
     with torch.inference_mode():
-        # The mel front end runs in float32 whatever the encoder's dtype: log-mel of bf16 audio is coarse.
+        # The mel front end runs in float32 whatever the encoder's dtype; only the log-mel is cast to it.
         audio = Audio(waveform=waveform.to(param.device, torch.float32), sampling_rate=sample_rate)
         return ltx_encode_audio(audio, audio_encoder)
 

@@ -105,7 +105,7 @@ def av2av_loss(
     (anything called as `model(video=..., audio=..., perturbations=None)`).
     Batch: `ref_video` `[B, C, f_ref, h_ref, w_ref]` and `video` `[B, C, f, h, w]`
     video latents; `ref_audio`, `audio` audio latents `[B, C, T, M]`;
-    `video_context` `[B, L, Dv]`, `audio_context` `[B, L, Da]`, `context_mask` `[B, L]`.
+    `video_context` `[B, L, Dv]`, `audio_context` `[B, L, Da]`, `context_mask` `[B, L]` (or None: no text token masked).
     `generator` draws σ and ε (on the batch's device): one for the batch, or one per sample. Metrics: `video_loss`,
     `audio_loss`, `sigma_video`, `sigma_audio` (batch means; detached tensors),
     `video_tokens`, `audio_tokens` (target tokens per sample).
@@ -162,7 +162,7 @@ def _modality_inputs(
     reference_positions: torch.Tensor,
     target_positions: torch.Tensor,
     context: torch.Tensor,
-    context_mask: torch.Tensor,
+    context_mask: torch.Tensor | None,
     generator: Generators,
 ) -> ModalityInputs:
     b, n_target, _ = target.shape

@@ -215,10 +215,10 @@ def _tiny_checkpoint_state(config: dict, gemma_hidden: int, gemma_layers: int) -
     from ltx_ray.model.loader import build_embeddings_processor
 
     state: dict[str, torch.Tensor] = {}
-    transformer = _initialised(LTXModelConfigurator.from_config(config))
+    transformer = initialised(LTXModelConfigurator.from_config(config))
     state.update(_prefixed(transformer.state_dict(), "model.diffusion_model."))
 
-    embeddings = _initialised(build_embeddings_processor(config, gemma_hidden, gemma_layers))
+    embeddings = initialised(build_embeddings_processor(config, gemma_hidden, gemma_layers))
     for key, value in embeddings.state_dict().items():
         key = key.replace("feature_extractor.", "text_embedding_projection.", 1)
         key = key.replace("video_connector.", "model.diffusion_model.video_embeddings_connector.", 1)
@@ -226,14 +226,14 @@ def _tiny_checkpoint_state(config: dict, gemma_hidden: int, gemma_layers: int) -
         state[key] = value
 
     # The encoder and decoder of a VAE share one set of latent statistics in the real file.
-    encoder = _initialised(VideoEncoderConfigurator.from_config(config))
-    decoder = _initialised(VideoDecoderConfigurator.from_config(config))
+    encoder = initialised(VideoEncoderConfigurator.from_config(config))
+    decoder = initialised(VideoDecoderConfigurator.from_config(config))
     _add_vae(state, "vae", encoder.state_dict(), decoder.state_dict())
-    audio_encoder = _initialised(AudioEncoderConfigurator.from_config(config))
-    audio_decoder = _initialised(AudioDecoderConfigurator.from_config(config))
+    audio_encoder = initialised(AudioEncoderConfigurator.from_config(config))
+    audio_decoder = initialised(AudioDecoderConfigurator.from_config(config))
     _add_vae(state, "audio_vae", audio_encoder.state_dict(), audio_decoder.state_dict())
 
-    vocoder = _initialised(VocoderConfigurator.from_config(config))
+    vocoder = initialised(VocoderConfigurator.from_config(config))
     _set_stft_buffers(vocoder.mel_stft, config["vocoder"]["bwe"])
     state.update(_prefixed(vocoder.state_dict(), "vocoder."))
     return state
@@ -252,7 +252,7 @@ def _add_vae(state: dict, prefix: str, encoder_sd: dict, decoder_sd: dict) -> No
             state[f"{prefix}.decoder.{key}"] = value
 
 
-def _initialised(module: torch.nn.Module) -> torch.nn.Module:
+def initialised(module: torch.nn.Module) -> torch.nn.Module:
     """Give real values to the tensors ltx-core creates with `torch.empty` (tables and latent statistics)."""
     for name, param in module.named_parameters():
         if "scale_shift_table" in name:
@@ -272,7 +272,7 @@ def _initialised(module: torch.nn.Module) -> torch.nn.Module:
             buffer.copy_(torch.randn_like(buffer) * 0.05)
     for name, tensor in list(module.state_dict().items()):
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise RuntimeError(f"tiny bundle: {name} is not initialised")
+            raise RuntimeError(f"random model: {name} is not initialised")
     return module
 
 

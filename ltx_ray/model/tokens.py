@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from ltx_core.components.patchifiers import AudioPatchifier, VideoLatentPatchifier, get_pixel_coords
 from ltx_core.model.transformer.modality import Modality
@@ -104,7 +105,7 @@ def reference_conditioned_modality(
     positions: torch.Tensor,
     sigma: torch.Tensor,
     context: torch.Tensor,
-    context_mask: torch.Tensor,
+    context_mask: torch.Tensor | None,
 ) -> Modality:
     """One modality's transformer input: [clean reference tokens, target tokens at noise level σ].
 
@@ -116,6 +117,11 @@ def reference_conditioned_modality(
     trainer and pipelines: in bf16, σ = 0.5789 would become 0.5781, and the network
     would learn a noise-level embedding out of step with the noise it sees.
     ltx-core embeds them in float32 and casts the embedding to the latents' dtype.
+
+    `context_mask` `[B, L]` is 1 on text tokens to attend to, 0 on masked ones, or None
+    for none masked. A mask with no 0 is passed on as None: ltx-core then gives the text cross-attention no
+    mask at all, which attends to every token as the all-ones mask does, and lets
+    PyTorch's SDPA pick its flash kernel on a GPU (any mask, even all ones, rules it out).
     """
     b, n_ref = reference.shape[:2]
     n_target = target.shape[1]
@@ -131,8 +137,22 @@ def reference_conditioned_modality(
         positions=positions,
         context=context.to(device, dtype),
         enabled=True,
-        context_mask=context_mask.to(device),
+        context_mask=None if _masks_nothing(context_mask) else context_mask.to(device),
     )
+
+
+def _masks_nothing(context_mask: torch.Tensor | None) -> bool:
+    """True when the mask attends to every text token (None, or no 0 anywhere in a mask on the host).
+
+    Only a CPU mask is read: reading one on the GPU is a host sync that stalls its queue at every
+    micro-step, so callers decide before the transfer (`train.batches.collate` gives None). A mask that
+    holds no values (the memory estimator's fake tensors, meta tensors) is kept.
+    """
+    if context_mask is None:
+        return True
+    if context_mask.device.type != "cpu" or context_mask.is_meta or is_fake(context_mask):
+        return False
+    return context_mask.all().tolist()  # a CPU tensor: no device sync
 
 
 # --- noise levels --------------------------------------------------------------------------------

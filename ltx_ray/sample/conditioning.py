@@ -108,8 +108,8 @@ def build_validation_set(job: JobConfig, out_file: Path) -> Path:
             shown = fit_reference(video_path, audio_path, **common)
             text = encode_text(text_encoder, [sample.prompt])
             tensors[f"{i}.ref_video"] = encode_video(video_encoder, torch.from_numpy(scaled.video)[None]).cpu()
-            waveform = torch.from_numpy(scaled.audio)[None].to(dtype)
-            tensors[f"{i}.ref_audio"] = encode_audio(audio_encoder, waveform).cpu()
+            # The waveform stays float32 into the mel front end; only the encoder runs in `dtype`.
+            tensors[f"{i}.ref_audio"] = encode_audio(audio_encoder, torch.from_numpy(scaled.audio)[None]).cpu()
             tensors[f"{i}.video_context"] = text.video_context.cpu()
             tensors[f"{i}.audio_context"] = text.audio_context.cpu()
             tensors[f"{i}.context_mask"] = text.attention_mask.cpu()

@@ -11,6 +11,7 @@ any model is loaded; a refusal is a `UserError` (exit 2) naming the input.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ def generate(job: JobConfig, req: GenerateRequest) -> str:
         width, height = bucket_size(r.validation_resolution, r.validation_aspect_ratio)
 
         # --- models: encoders, then the fused transformer, then the decoders ---------------------
+        use_expandable_segments()  # before anything is allocated on the GPU
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if job.cluster.precision == "bf16" else torch.float32
         started = time.perf_counter()
@@ -155,8 +157,8 @@ def _encode(job: JobConfig, scaled, req: GenerateRequest, device, dtype) -> Cond
 
     ckpt = job.model.checkpoint
     video = encode_video(load_video_encoder(ckpt, dtype=dtype, device=device), torch.from_numpy(scaled.video)[None])
-    audio = encode_audio(load_audio_encoder(ckpt, dtype=dtype, device=device),
-                         torch.from_numpy(scaled.audio)[None].to(dtype))
+    # The waveform stays float32 into the mel front end; only the encoder runs in `dtype`.
+    audio = encode_audio(load_audio_encoder(ckpt, dtype=dtype, device=device), torch.from_numpy(scaled.audio)[None])
     text_encoder = load_text_encoder(job.model.text_encoder, ckpt, dtype=dtype, device=device)
     negative = req.negative_prompt if req.negative_prompt is not None else job.request.validation_negative_prompt
     pos, neg = encode_text(text_encoder, [req.prompt]), encode_text(text_encoder, [negative])
@@ -170,18 +172,38 @@ def _encode(job: JobConfig, scaled, req: GenerateRequest, device, dtype) -> Cond
 
 
 def _write(job: JobConfig, out: Path, video_lat, audio_lat, shown: np.ndarray | None, device, dtype) -> Path:
-    from ltx_ray.data.media import encode_clip
-    from ltx_ray.model.encode import decode_audio, decode_video
-    from ltx_ray.model.loader import load_audio_decoder, load_video_decoder, load_vocoder
-    from ltx_ray.sample.preview import fit_audio_length
+    """Decode (the video tile by tile, each decoder loaded for its turn and freed after it) and write the mp4.
 
-    ckpt = job.model.checkpoint
-    frames = decode_video(load_video_decoder(ckpt, dtype=dtype, device=device), video_lat)[0].cpu().numpy()
-    waveform, sample_rate = decode_audio(load_audio_decoder(ckpt, dtype=dtype, device=device),
-                                         load_vocoder(ckpt, dtype=torch.float32, device=device), audio_lat)
+    The caller has dropped the transformer: its memory goes back to CUDA before the decoders load.
+    """
+    from ltx_ray.data.media import encode_clip
+    from ltx_ray.sample.preview import decode_clips, fit_audio_length, release_cached_memory
+
+    release_cached_memory(device)
+    [(frames, waveform)], sample_rate = decode_clips(job.model.checkpoint, [(video_lat, audio_lat)], device, dtype)
     rate = float(job.request.validation_frame_rate)
-    audio = fit_audio_length(waveform[0].float().cpu().numpy(), round(len(frames) / rate * sample_rate))
+    audio = fit_audio_length(waveform, round(len(frames) / rate * sample_rate))
     if shown is not None:
         frames = np.concatenate([shown[: len(frames)], frames], axis=2)
     out.parent.mkdir(parents=True, exist_ok=True)
     return encode_clip(out, frames, rate, audio, sample_rate)
+
+
+# Growable segments keep the caching allocator from fragmenting between the transformer's blocks and
+# the encoders' and decoders' differently sized ones.
+CUDA_ALLOC_CONF = "expandable_segments:True"
+
+
+def use_expandable_segments() -> None:
+    """`PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`, unless the user set an allocator, before CUDA is used.
+
+    torch 2.9 reads the variable when its caching allocator first needs its settings (the first
+    CUDA use), so setting it here, after the CLI imported torch, is in time; a torch that read it
+    at import is handed the setting directly. The variable `PYTORCH_ALLOC_CONF`, torch 2.9's new
+    name, also counts as the user's choice.
+    """
+    if "PYTORCH_CUDA_ALLOC_CONF" in os.environ or "PYTORCH_ALLOC_CONF" in os.environ:
+        return
+    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = CUDA_ALLOC_CONF
+    if torch.cuda.is_available():
+        torch.cuda.memory._set_allocator_settings(CUDA_ALLOC_CONF)

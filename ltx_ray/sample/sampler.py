@@ -17,6 +17,11 @@ number, with ltx-core's own parts:
   the reference tokens are then put back to their clean values.
 The official sequence appends the reference after the target; attention does
 not depend on the order, so the outputs are the same.
+
+`sample_av2av` generates one clip in one process (`ltx-ray generate`, ZeRO-3
+previews). `sample_split` generates several clips with their passes spread over
+the ranks of a process group (ZeRO-2 previews, where every rank holds the whole
+model): the same clips, bit for bit, whatever the number of ranks.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
+import torch.distributed as dist
 from ltx_core.components.guiders import MultiModalGuider, MultiModalGuiderParams
 from ltx_core.components.schedulers import LTX2Scheduler
 from ltx_core.guidance.perturbations import (
@@ -80,7 +86,10 @@ class TargetShape:
 
 @dataclass(frozen=True)
 class Guidance:
-    """One ltx-core guider's parameters per modality, and whether a step's passes run as one batch."""
+    """One ltx-core guider's parameters per modality, and whether a step's passes run as one batch.
+
+    `batched` applies to `sample_av2av`; `sample_split` runs every pass alone, whatever it says.
+    """
 
     video: MultiModalGuiderParams
     audio: MultiModalGuiderParams
@@ -110,10 +119,14 @@ def stg_block(official_block: int, depth: int) -> int:
     return min(depth - 1, round(official_block * depth / OFFICIAL_DEPTH))
 
 
-def guidance_from_config(job: "JobConfig", model) -> Guidance:
-    """The previews' (and `ltx-ray generate`'s) guidance: `train.validation_*` and the spec's `stg_scale`."""
+def guidance_from_config(job: "JobConfig", model=None) -> Guidance:
+    """The previews' (and `ltx-ray generate`'s) guidance: `train.validation_*` and the spec's `stg_scale`.
+
+    The STG block is placed at the model's depth; without a model (sizing a preview), at the 48-block one's.
+    """
     t = job.train
-    blocks = [stg_block(t.validation_stg_block, transformer_depth(model))]
+    depth = OFFICIAL_DEPTH if model is None else transformer_depth(model)
+    blocks = [stg_block(t.validation_stg_block, depth)]
 
     def params(cfg: float, modality: float) -> MultiModalGuiderParams:
         return MultiModalGuiderParams(cfg_scale=cfg, stg_scale=job.request.stg_scale, stg_blocks=blocks,
@@ -142,6 +155,26 @@ def target_shape(request: "RequestConfig", cond: Conditioning) -> TargetShape:
     )
 
 
+@dataclass(frozen=True)
+class Clip:
+    """One clip to generate: its conditioning, its latent shape and the seed of its noise."""
+
+    cond: Conditioning
+    shape: TargetShape
+    seed: int
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """What every clip of a `sample_split` run shares."""
+
+    frame_rate: float
+    steps: int
+    guidance: Guidance
+    reference_downscale_factor: int = 1
+    reference_temporal_scale_factor: int = 1
+
+
 @torch.no_grad()
 def sample_av2av(
     model,
@@ -156,43 +189,159 @@ def sample_av2av(
     guidance: Guidance,
     progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generate (video latents `[1, C, f, h, w]`, audio latents `[1, C, T, M]`) for one reference."""
-    param = next(p for p in model.parameters())
-    device, dtype = param.device, param.dtype
-    ref_v = patchify_video(cond.ref_video.to(device, dtype))
-    ref_a = patchify_audio(cond.ref_audio.to(device, dtype))
-    n_ref_v, n_ref_a = ref_v.shape[1], ref_a.shape[1]
-    _, _, rf, rh, rw = cond.ref_video.shape
-    v_pos = torch.cat(
-        [
-            reference_video_positions(
-                1, rf, rh, rw, frame_rate,
-                downscale_factor=reference_downscale_factor,
-                temporal_scale_factor=reference_temporal_scale_factor,
-                device=device,
-            ),
-            video_positions(1, shape.frames, shape.height, shape.width, frame_rate, device=device),
-        ],
-        dim=2,
-    )
-    a_pos = torch.cat(
-        [audio_positions(1, n_ref_a, device=device), audio_positions(1, shape.audio_frames, device=device)],
-        dim=2,
-    )
-    n_video = shape.frames * shape.height * shape.width
-    # As officially: one draw per modality over target + reference tokens (video first), in the
-    # model's dtype; the reference's part of the draw is not used.
-    x_v = torch.randn((1, n_video + n_ref_v, shape.video_channels), generator=generator, device=device,
-                      dtype=dtype)[:, :n_video]
-    x_a = torch.randn((1, shape.audio_frames + n_ref_a, shape.audio_channels * shape.mel_bins),
-                      generator=generator, device=device, dtype=dtype)[:, :shape.audio_frames]
-    sigmas = LTX2Scheduler().execute(steps).to(device)
-    guiders = MultiModalGuider(guidance.video), MultiModalGuider(guidance.audio)
-    contexts = {
-        "positive": (cond.video_context, cond.audio_context, cond.context_mask),
-        "negative": (cond.negative_video_context, cond.negative_audio_context, cond.negative_context_mask),
-    }
-    perturbation = {
+    """Generate (video latents `[1, C, f, h, w]`, audio latents `[1, C, T, M]`) for one reference, in this process."""
+    from tqdm import tqdm
+
+    settings = SamplerSettings(frame_rate, steps, guidance, reference_downscale_factor, reference_temporal_scale_factor)
+    clip = _Denoising(model, cond, shape, generator, settings)
+    sigmas = LTX2Scheduler().execute(steps).to(clip.device)
+    groups = [guidance.passes] if guidance.batched else [(name,) for name in guidance.passes]
+    for i in tqdm(range(steps), desc="sample", unit="step", disable=not progress):
+        x0 = {}
+        for group in groups:
+            x0.update(clip.denoised(model, group, sigmas[i]))
+        clip.step(x0, float(sigmas[i]), float(sigmas[i + 1]))
+    return clip.latents()
+
+
+@torch.no_grad()
+def sample_split(model, clips: list[Clip], settings: SamplerSettings) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Generate every clip with its guidance passes spread over the ranks; every rank returns all the latents.
+
+    All ranks of the default process group call it together, each with the whole model (ZeRO-2);
+    without a process group everything runs here. A work unit is one (clip, pass) pair, run as a
+    forward of batch 1 (`Guidance.batched` does not apply: the batch a pass runs in would depend on
+    the split, and a batch of several gives other floating-point results on some kernels); unit k
+    runs on rank k % world. At each step every rank computes its units' x0 estimates, all ranks
+    exchange them (`_share`: exact bits, on the model's device, as NCCL needs), and every rank
+    applies the guiders and the Euler step to every clip, so all ranks stay in lockstep and the
+    clips are the same, bit for bit, on 1 rank or on many (with `sample_av2av`'s one-by-one passes
+    too). Ranks beyond the number of units only take part in the exchange.
+    """
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    param = next(model.parameters())
+    states = [_Denoising(model, c.cond, c.shape, torch.Generator(device=param.device).manual_seed(c.seed), settings)
+              for c in clips]
+    units = [(i, name) for i in range(len(states)) for name in settings.guidance.passes]
+    sigmas = LTX2Scheduler().execute(settings.steps).to(param.device)
+    for step in range(settings.steps):
+        mine = {k: states[i].denoised(model, (name,), sigmas[step])[name]
+                for k, (i, name) in enumerate(units) if k % world == rank}
+        if world > 1:
+            mine = _share(mine, [states[i].x0_shapes for i, _ in units], param.device, param.dtype)
+        for i, state in enumerate(states):
+            state.step({name: mine[k] for k, (j, name) in enumerate(units) if j == i},
+                       float(sigmas[step]), float(sigmas[step + 1]))
+    return [state.latents() for state in states]
+
+
+def _share(mine: dict[int, tuple[torch.Tensor, torch.Tensor]], shapes: list[tuple[torch.Size, torch.Size]],
+           device: torch.device, dtype: torch.dtype) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Every unit's (video x0, audio x0) on every rank, from the units each rank computed.
+
+    Each unit has its slot in one buffer on the model's device; its owner writes it, the other
+    ranks leave zeros, and a sum over the buffer's bytes (uint8) copies every unit's bits to every
+    rank exactly, whatever the dtype. One collective per step, the size of all the units (not of
+    the world).
+    """
+    sizes = [video.numel() + audio.numel() for video, audio in shapes]
+    offsets = [sum(sizes[:k]) for k in range(len(sizes))]
+    buffer = torch.zeros(sum(sizes), dtype=dtype, device=device)
+    for k, (v, a) in mine.items():
+        buffer[offsets[k]:offsets[k] + sizes[k]] = torch.cat([v.flatten(), a.flatten()])
+    dist.all_reduce(buffer.view(torch.uint8))
+    out = {}
+    for k, (video_shape, audio_shape) in enumerate(shapes):
+        unit = buffer[offsets[k]:offsets[k] + sizes[k]]
+        out[k] = (unit[:video_shape.numel()].view(video_shape), unit[video_shape.numel():].view(audio_shape))
+    return out
+
+
+class _Denoising:
+    """One clip on its way: its noisy target tokens, the fixed inputs of its passes, its guiders."""
+
+    def __init__(self, model, cond: Conditioning, shape: TargetShape, generator: torch.Generator,
+                 settings: SamplerSettings):
+        param = next(model.parameters())
+        device, dtype = param.device, param.dtype
+        self.device, self.shape, self.guidance = device, shape, settings.guidance
+        self.ref_v = patchify_video(cond.ref_video.to(device, dtype))
+        self.ref_a = patchify_audio(cond.ref_audio.to(device, dtype))
+        n_ref_v, n_ref_a = self.ref_v.shape[1], self.ref_a.shape[1]
+        _, _, rf, rh, rw = cond.ref_video.shape
+        self.v_pos = torch.cat(
+            [
+                reference_video_positions(
+                    1, rf, rh, rw, settings.frame_rate,
+                    downscale_factor=settings.reference_downscale_factor,
+                    temporal_scale_factor=settings.reference_temporal_scale_factor,
+                    device=device,
+                ),
+                video_positions(1, shape.frames, shape.height, shape.width, settings.frame_rate, device=device),
+            ],
+            dim=2,
+        )
+        self.a_pos = torch.cat(
+            [audio_positions(1, n_ref_a, device=device), audio_positions(1, shape.audio_frames, device=device)],
+            dim=2,
+        )
+        n_video = shape.frames * shape.height * shape.width
+        # As officially: one draw per modality over target + reference tokens (video first), in the
+        # model's dtype; the reference's part of the draw is not used.
+        self.x_v = torch.randn((1, n_video + n_ref_v, shape.video_channels), generator=generator, device=device,
+                               dtype=dtype)[:, :n_video]
+        self.x_a = torch.randn((1, shape.audio_frames + n_ref_a, shape.audio_channels * shape.mel_bins),
+                               generator=generator, device=device, dtype=dtype)[:, :shape.audio_frames]
+        self.guiders = MultiModalGuider(settings.guidance.video), MultiModalGuider(settings.guidance.audio)
+        self.contexts = {
+            "positive": (cond.video_context, cond.audio_context, cond.context_mask),
+            "negative": (cond.negative_video_context, cond.negative_audio_context, cond.negative_context_mask),
+        }
+        self.perturbations = _perturbations(settings.guidance)
+
+    @property
+    def x0_shapes(self) -> tuple[torch.Size, torch.Size]:
+        """The shapes of one pass's x0 (video, audio): the whole sequence, reference included."""
+        return (torch.Size((1, self.ref_v.shape[1] + self.x_v.shape[1], self.x_v.shape[2])),
+                torch.Size((1, self.ref_a.shape[1] + self.x_a.shape[1], self.x_a.shape[2])))
+
+    def denoised(self, model, passes: tuple[str, ...],
+                 sigma: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """(video x0, audio x0) over the whole sequence of each pass in `passes`, run as one batch."""
+        k = len(passes)
+        ctx_v, ctx_a, mask = (
+            torch.cat([self.contexts.get(p, self.contexts["positive"])[i].to(self.device) for p in passes])
+            for i in range(3)
+        )
+        sig = sigma.reshape(1).expand(k)
+        v_mod = reference_conditioned_modality(self.ref_v.expand(k, -1, -1), self.x_v.expand(k, -1, -1),
+                                               self.v_pos.expand(k, *self.v_pos.shape[1:]), sig, ctx_v, mask)
+        a_mod = reference_conditioned_modality(self.ref_a.expand(k, -1, -1), self.x_a.expand(k, -1, -1),
+                                               self.a_pos.expand(k, *self.a_pos.shape[1:]), sig, ctx_a, mask)
+        vel_v, vel_a = model(video=v_mod, audio=a_mod,
+                             perturbations=BatchedPerturbationConfig([self.perturbations[p] for p in passes]))
+        x0_v = _to_denoised(v_mod, vel_v, self.x_v.dtype)
+        x0_a = _to_denoised(a_mod, vel_a, self.x_a.dtype)
+        return {p: (x0_v[i:i + 1], x0_a[i:i + 1]) for i, p in enumerate(passes)}
+
+    def step(self, x0: dict[str, tuple[torch.Tensor, torch.Tensor]], sigma: float, sigma_next: float) -> None:
+        """Guide the passes' x0 estimates and take one Euler step of the target tokens."""
+        n_ref_v, n_ref_a = self.ref_v.shape[1], self.ref_a.shape[1]
+        self.x_v = _guided_euler_step(self.guiders[0], {p: v for p, (v, _) in x0.items()}, self.x_v, n_ref_v,
+                                      sigma, sigma_next)
+        self.x_a = _guided_euler_step(self.guiders[1], {p: a for p, (_, a) in x0.items()}, self.x_a, n_ref_a,
+                                      sigma, sigma_next)
+
+    def latents(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(video latents `[1, C, f, h, w]`, audio latents `[1, C, T, M]`), float32."""
+        s = self.shape
+        return (unpatchify_video(self.x_v.float(), s.frames, s.height, s.width),
+                unpatchify_audio(self.x_a.float(), s.audio_channels, s.mel_bins))
+
+
+def _perturbations(guidance: Guidance) -> dict[str, PerturbationConfig]:
+    """ltx-core's perturbation of each pass."""
+    return {
         "positive": PerturbationConfig.empty(),
         "negative": PerturbationConfig.empty(),
         "stg": PerturbationConfig([
@@ -205,41 +354,6 @@ def sample_av2av(
             Perturbation(PerturbationType.SKIP_V2A_CROSS_ATTN, None),
         ]),
     }
-
-    def denoised(passes: tuple[str, ...], sigma: torch.Tensor) -> tuple[dict, dict]:
-        """x0 over the whole sequence of each pass in `passes`, run as one batch."""
-        k = len(passes)
-        ctx_v, ctx_a, mask = (torch.cat([contexts.get(p, contexts["positive"])[i].to(device) for p in passes])
-                              for i in range(3))
-        sig = sigma.reshape(1).expand(k)
-        v_mod = reference_conditioned_modality(ref_v.expand(k, -1, -1), x_v.expand(k, -1, -1),
-                                               v_pos.expand(k, *v_pos.shape[1:]), sig, ctx_v, mask)
-        a_mod = reference_conditioned_modality(ref_a.expand(k, -1, -1), x_a.expand(k, -1, -1),
-                                               a_pos.expand(k, *a_pos.shape[1:]), sig, ctx_a, mask)
-        vel_v, vel_a = model(video=v_mod, audio=a_mod,
-                             perturbations=BatchedPerturbationConfig([perturbation[p] for p in passes]))
-        x0_v = _to_denoised(v_mod, vel_v, dtype)
-        x0_a = _to_denoised(a_mod, vel_a, dtype)
-        return {p: x0_v[i:i + 1] for i, p in enumerate(passes)}, {p: x0_a[i:i + 1] for i, p in enumerate(passes)}
-
-    from tqdm import tqdm
-
-    for i in tqdm(range(steps), desc="sample", unit="step", disable=not progress):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        if guidance.batched:
-            x0_v, x0_a = denoised(guidance.passes, sigma)
-        else:
-            x0_v, x0_a = {}, {}
-            for name in guidance.passes:
-                v, a = denoised((name,), sigma)
-                x0_v.update(v)
-                x0_a.update(a)
-        x_v = _guided_euler_step(guiders[0], x0_v, x_v, n_ref_v, float(sigma), float(sigma_next))
-        x_a = _guided_euler_step(guiders[1], x0_a, x_a, n_ref_a, float(sigma), float(sigma_next))
-
-    video = unpatchify_video(x_v.float(), shape.frames, shape.height, shape.width)
-    audio = unpatchify_audio(x_a.float(), shape.audio_channels, shape.mel_bins)
-    return video, audio
 
 
 def _to_denoised(modality, velocity: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Batches for each optimizer step, from the cached latents.
 
-Every worker reads the whole (small) latent dataset once from its Ray Data
-shard, sorts it by pair name, and then draws batches from a permutation per
+Every worker reads the whole (small) latent dataset once (from its Ray Data
+shard: `ltx_ray.data.pipeline.UnpackLatents`), sorts it by pair name, and then draws batches from a permutation per
 epoch seeded by (seed, epoch). A step trains on `global_batch_size` samples
 whatever the world size: the sample at each place of the global batch, and the
 noise it gets, are pure functions of (seed, step, place), never of rank or
@@ -16,22 +16,9 @@ import hashlib
 from functools import lru_cache
 from typing import Iterable
 
-import numpy as np
 import torch
-from ray.data.collate_fn import NumpyBatchCollateFn
 
-from ltx_ray.data.blobs import unpack_tensors
 from ltx_ray.data.cache import LATENT_TENSORS
-
-
-class UnpackLatents(NumpyBatchCollateFn):
-    """`collate_fn` for `iter_torch_batches`: the cached safetensors blobs as stacked tensors."""
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        rows = [unpack_tensors(blob) for blob in batch["latents"]]
-        out = {col: torch.stack([r[col] for r in rows]) for col in LATENT_TENSORS}
-        out["index"] = torch.tensor(np.array(batch["index"], dtype=np.int64))
-        return out
 
 
 def load_samples(batches: Iterable[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
@@ -65,7 +52,7 @@ def sample_indices(num_samples: int, *, seed: int, step: int, positions: list[in
     out = []
     for position in positions:
         epoch, offset = divmod(step * global_batch_size + position, num_samples)
-        out.append(int(_epoch_permutation(num_samples, seed, epoch)[offset]))
+        out.append(_epoch_permutation(num_samples, seed, epoch)[offset])
     return out
 
 
@@ -80,19 +67,22 @@ def _noise_seed(seed: int, step: int, position: int) -> int:
 
 
 @lru_cache(maxsize=8)
-def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+def _epoch_permutation(n: int, seed: int, epoch: int) -> tuple[int, ...]:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
+    return tuple(torch.randperm(n, generator=g).tolist())  # Python ints: indexing them reads no tensor
 
 
 def collate(samples: list[dict[str, torch.Tensor]], indices: list[int], device: torch.device,
             dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Stack the chosen samples into a batch on `device`; latents and contexts in `dtype`."""
+    """Stack the chosen samples into a batch on `device`; latents and contexts in `dtype`; the context mask,
+    None when it masks nothing."""
     batch = {}
     for col in LATENT_TENSORS:
         stacked = torch.stack([samples[i][col] for i in indices])
         if col == "context_mask":
-            batch[col] = stacked.to(device)
+            # Decided here, on the host, before the transfer (reading a device tensor would stall the GPU's
+            # queue): a mask with no 0 is dropped, so attention may take its flash kernel (`model.tokens`).
+            batch[col] = None if stacked.all().tolist() else stacked.to(device)
         else:
             batch[col] = stacked.to(device=device, dtype=dtype)
     return batch

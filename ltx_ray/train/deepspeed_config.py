@@ -6,25 +6,29 @@ import math
 from typing import Any, Callable
 
 from ltx_ray.config.schema import JobConfig
+from ltx_ray.estimate.memory import job_model_counts
+from ltx_ray.estimate.zero_settings import zero_settings
 
 
-def deepspeed_config(job: JobConfig, world_size: int) -> dict[str, Any]:
+def deepspeed_config(job: JobConfig, world_size: int, *, counts: dict[str, int] | None = None) -> dict[str, Any]:
     """ZeRO stage, precision, clipping and a torch AdamW over the trainable (LoRA) parameters.
 
     The accumulation follows the world size of this (re)start, so a step trains on
-    `cluster.global_batch_size` samples on any number of workers.
+    `cluster.global_batch_size` samples on any number of workers. ZeRO's buffers,
+    and the fp32 reduction and accumulation of gradients, come from
+    `ltx_ray.estimate.zero_settings`, sized from `counts` (`memory.model_counts` of the
+    job's transformer and LoRA; read from `model.checkpoint`'s header when not given),
+    the same settings `ltx-ray estimate` lays out.
     """
     c, t = job.cluster, job.train
+    if counts is None:
+        counts = job_model_counts(job)
     cfg: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": c.micro_batch_size,
         "gradient_accumulation_steps": c.accumulation_steps(world_size),
         "train_batch_size": c.global_batch_size,
         "gradient_clipping": t.max_grad_norm,
-        "zero_optimization": {
-            "stage": c.zero_stage,
-            "overlap_comm": c.use_gpu,
-            "contiguous_gradients": True,
-        },
+        **zero_settings(counts, stage=c.zero_stage, overlap_comm=c.use_gpu),
         "optimizer": {
             "type": "AdamW",
             "params": {
@@ -42,13 +46,8 @@ def deepspeed_config(job: JobConfig, world_size: int) -> dict[str, Any]:
         "wall_clock_breakdown": False,
     }
     if c.zero_stage == 3:
-        cfg["zero_optimization"].update(
-            {
-                # Gather the sharded LoRA weights into one file when saving.
-                "stage3_gather_16bit_weights_on_model_save": True,
-                "stage3_param_persistence_threshold": 0,
-            }
-        )
+        # Gather the sharded LoRA weights into one file when saving.
+        cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
     return cfg
 
 

@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 import ray
 import ray.train
 from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ltx_ray import lease, tempdirs
@@ -24,14 +24,16 @@ from ltx_ray.config.load import run_name as derive_run_name
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.data.pipeline import build_latent_cache, publish_debug_dataset
 from ltx_ray.errors import Problem, StorageError
-from ltx_ray.estimate.preflight import preflight
+from ltx_ray.estimate.preflight import gpu_memory, preflight
 from ltx_ray.ray_cluster import init_ray
 from ltx_ray.sample.conditioning import check_validation_inputs
+from ltx_ray.sample.preview import preview_timeout_s
 from ltx_ray.storage import resolve_filesystem, retrying, storage_uri, upload
 from ltx_ray.train import checkpoint
 from ltx_ray.train.deepspeed_config import deepspeed_accelerator
 from ltx_ray.train.loop import train_loop_per_worker
 from ltx_ray.train import outputs
+from ltx_ray.train.trainer import RunSetup
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,9 @@ def run_training(job: JobConfig) -> TrainResult:
 
 def _train(job: JobConfig, run: str) -> TrainResult:
     # Will it fit? Asked before Ray books any GPU (warns; a CPU job without cluster.gpu_memory_gb skips it).
-    preflight(job)
+    # The same estimate is the figure the workers set their measured step 1 against.
+    est = _estimate(job)
+    preflight(job, est)
     fs, storage_root = resolve_filesystem(job.storage.storage_path, job.storage)
     init_ray(job)
     cache = build_latent_cache(job, run)
@@ -115,18 +119,17 @@ def _train(job: JobConfig, run: str) -> TrainResult:
     # On the driver's own node: an actor elsewhere would go with that node when it is preempted.
     outcome = _Outcome.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
         ray.get_runtime_context().get_node_id(), soft=True)).remote()
+    setup = RunSetup(job=job, run_name=run, checkpoint_path=job.model.checkpoint,
+                     wandb_dir=outputs.local_wandb_dir(run), lora_metadata=outputs.lora_metadata(job),
+                     validation_file=validation_file,
+                     estimated_bytes=est.use("training worker").modelled if est is not None else None)
 
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "job": job,
-            "run_name": run,
-            "checkpoint_path": job.model.checkpoint,
-            "wandb_dir": outputs.local_wandb_dir(run),
-            "lora_metadata": outputs.lora_metadata(job),
-            "validation_file": validation_file,
-            "outcome": outcome,
-        },
+        train_loop_config={"setup": setup, "outcome": outcome},
+        # A preview is the longest time a rank may wait in one collective (the next one comes after it):
+        # the watchdog's timeout follows the preview's size, never below Ray's default of 30 minutes.
+        torch_config=TorchConfig(timeout_s=preview_timeout_s(job, job.cluster.min_workers)),
         scaling_config=ScalingConfig(
             # (min, max) makes Ray Train elastic: any count in between, as nodes come and go.
             num_workers=(job.cluster.min_workers, job.cluster.max_workers) if job.cluster.elastic
@@ -145,7 +148,7 @@ def _train(job: JobConfig, run: str) -> TrainResult:
                 max_preemption_failures=job.cluster.max_preemption_failures,
                 preemption_grace_s=job.cluster.preemption_grace_s,
             ),
-            worker_runtime_env={"env_vars": {"DS_ACCELERATOR": deepspeed_accelerator(job)}},
+            worker_runtime_env={"env_vars": worker_env(job)},
         ),
         datasets={"train": cache.dataset()},
         # Every worker reads the whole latent set and draws its own deterministic batches
@@ -180,6 +183,27 @@ def _train(job: JobConfig, run: str) -> TrainResult:
         checkpoint_uri=final.uri,
         outputs=published,
     )
+
+
+def worker_env(job: JobConfig) -> dict[str, str]:
+    """Environment of the training workers, set before they import torch or DeepSpeed."""
+    return {
+        "DS_ACCELERATOR": deepspeed_accelerator(job),
+        # Previews decode and sample beside the training state: growable segments keep the caching
+        # allocator from fragmenting between the step's and the preview's differently sized blocks.
+        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+    }
+
+
+def _estimate(job: JobConfig):
+    """`ltx-ray estimate` of the job (its alternatives too when the pre-flight has a GPU to fit), or None."""
+    from ltx_ray.estimate.estimate import estimate
+
+    try:
+        return estimate(job, alternatives=gpu_memory(job)[0] is not None, gpu_attention=job.cluster.use_gpu)
+    except Exception as exc:  # noqa: BLE001 - an estimate is a report, never a reason to stop
+        log.warning("no memory estimate for this run (%s): step 1's memory is logged without one", exc)
+        return None
 
 
 def _user_error_in(error: BaseException):

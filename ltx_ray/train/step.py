@@ -38,6 +38,7 @@ class StepMetrics:
     samples_per_second: float
     world_size: int
     tokens_per_second: float
+    memory_peak_gib: float = 0.0  # set by the trainer: the step's peak memory (`memory/peak_gib`)
     # Rank 0's checkpoint writer has failed for good: known to every rank after the same all-reduce,
     # so all of them stop together.
     storage_failed: bool = False
@@ -45,6 +46,7 @@ class StepMetrics:
     def logged(self) -> dict[str, float]:
         out = asdict(self)
         del out["storage_failed"]
+        out["memory/peak_gib"] = out.pop("memory_peak_gib")
         return out
 
 
@@ -69,7 +71,9 @@ def train_step(engine, samples: list[dict[str, Any]], job: JobConfig, step: int,
     """
     started = time.perf_counter()
     data_seconds, tokens = 0.0, 0
-    sums = dict.fromkeys(_AVERAGED, 0.0)
+    # Summed on the device: reading a loss (`.item()`, `float()`) is a host sync, which would stall the
+    # GPU's queue at every micro-step. The step's figures cross to the host once, after its all-reduce.
+    sums = torch.zeros(len(_AVERAGED), dtype=torch.float32, device=device)
     for micro in range(shape.accumulation):
         before_micro_step()
         t = time.perf_counter()
@@ -89,18 +93,15 @@ def train_step(engine, samples: list[dict[str, Any]], job: JobConfig, step: int,
         # Called every micro-step, as DeepSpeed wants it: it counts them, and steps the optimizer (and
         # zeroes the gradients) only at the accumulation boundary, the last micro-step.
         engine.step()
-        sums["loss"] += loss.item()
-        for name in _AVERAGED[1:]:
-            sums[name] += float(m[name])
-        tokens += int(m["video_tokens"]) + int(m["audio_tokens"])
-    averaged, storage_failed = _mean_over_ranks({k: v / shape.accumulation for k, v in sums.items()},
-                                                storage_failed, shape.world)
-    grad_norm = engine.get_global_grad_norm()
+        sums += torch.stack([loss.detach().float(), *(m[name].float() for name in _AVERAGED[1:])])
+        tokens += m["video_tokens"] + m["audio_tokens"]  # Python ints: shapes, no sync
+    averaged, grad_norm, storage_failed = _mean_over_ranks(
+        sums / shape.accumulation, _as_tensor(engine.get_global_grad_norm(), device), storage_failed, shape.world)
     seconds = time.perf_counter() - started
     return StepMetrics(
         **averaged,
         learning_rate=float(engine.get_lr()[0]),
-        grad_norm=float(grad_norm) if grad_norm is not None else 0.0,
+        grad_norm=grad_norm,
         step_time=seconds,
         data_time=data_seconds,
         samples_per_second=shape.global_batch_size / seconds,
@@ -110,11 +111,21 @@ def train_step(engine, samples: list[dict[str, Any]], job: JobConfig, step: int,
     )
 
 
-def _mean_over_ranks(values: dict[str, float], flag: bool, world: int) -> tuple[dict[str, float], bool]:
-    """Each value's mean over the ranks, and whether any rank raised `flag`: one all-reduce for all."""
-    names = list(values)
-    packed = torch.tensor([values[n] for n in names] + [float(flag)], dtype=torch.float64)
+def _as_tensor(value, device: torch.device) -> torch.Tensor:
+    """DeepSpeed's global gradient norm (a tensor on the device, a float, or None before any step) as a
+    one-element float32 tensor on `device`."""
+    if value is None:
+        return torch.zeros(1, dtype=torch.float32, device=device)
+    return torch.as_tensor(value, dtype=torch.float32, device=device).reshape(1)
+
+
+def _mean_over_ranks(sums: torch.Tensor, grad_norm: torch.Tensor, flag: bool,
+                     world: int) -> tuple[dict[str, float], float, bool]:
+    """Each of `_AVERAGED`'s mean over the ranks, the (already global) gradient norm, and whether any rank
+    raised `flag`: one all-reduce on the training device (NCCL has no CPU tensors), one transfer to the host."""
+    packed = torch.cat([sums, torch.tensor([float(flag)], dtype=torch.float32, device=sums.device)])
     if dist.is_initialized():
         dist.all_reduce(packed)
         packed /= world
-    return dict(zip(names, packed[:-1].tolist())), bool(packed[-1] > 0)
+    values = torch.cat([packed, grad_norm]).tolist()  # the step's one device-to-host transfer
+    return dict(zip(_AVERAGED, values[:len(_AVERAGED)])), values[-1], values[-2] > 0

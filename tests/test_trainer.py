@@ -1,0 +1,76 @@
+"""The Ray-free trainer on a plain torch.distributed (gloo) group: what only a GPU run would otherwise show."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+from jobs import ROOT
+
+
+def _run(tmp_path, tiny_bundle, *, world: int, steps: int, overrides=(), **spec) -> list[dict]:
+    """Run `tests/trainer_worker.py` on `world` gloo ranks; each rank's record."""
+    out = tmp_path / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps({"checkpoint": str(tiny_bundle.checkpoint), "gemma": str(tiny_bundle.gemma_dir),
+                                     "storage": str(tmp_path / "runs"), "out": str(out), "steps": steps,
+                                     "overrides": [f"cluster.num_workers={world}", *overrides], **spec}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "tests" / "trainer_worker.py"), str(spec_file)], cwd=ROOT,
+                              env={**os.environ, "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r),
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in range(world)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-4000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) | {"log": logs[r]} for r in range(world)]
+
+
+def test_gradient_checkpointing_recomputes_ltx_core_blocks_with_the_model_in_train_mode(tmp_path, tiny_bundle):
+    [rank0] = _run(tmp_path, tiny_bundle, world=1, steps=2,
+                   overrides=["cluster.gradient_checkpointing=true", "train.checkpoint_every=100"])
+    # 2 blocks, 1 micro-step: each block's forward runs again in backward.
+    assert rank0["recomputed_blocks"] == 2
+    assert rank0["modes"] and all(rank0["modes"])  # the LTXModel itself, not only its PEFT wrapper, trains
+
+
+def test_without_gradient_checkpointing_no_block_is_recomputed(tmp_path, tiny_bundle):
+    [rank0] = _run(tmp_path, tiny_bundle, world=1, steps=1, overrides=["cluster.gradient_checkpointing=false"])
+    assert rank0["recomputed_blocks"] == 0
+
+
+def test_every_step_measures_its_peak_memory_and_step_1_is_set_against_the_estimate(tmp_path, tiny_bundle):
+    [rank0] = _run(tmp_path, tiny_bundle, world=1, steps=2)
+    line = next(x for x in rank0["log"].splitlines() if "ltx-ray: memory: measured" in x)
+    measured = float(line.split("measured ")[1].split(" GiB")[0])
+    assert measured > 0
+
+
+def test_host_reads_per_step_do_not_grow_with_the_micro_steps(tmp_path, tiny_bundle):
+    [one] = _run(tmp_path / "a", tiny_bundle, world=1, steps=2, count_syncs=True,
+                 overrides=["cluster.global_batch_size=1"])
+    [four] = _run(tmp_path / "b", tiny_bundle, world=1, steps=2, count_syncs=True,
+                  overrides=["cluster.global_batch_size=4"])
+    # Losses and sigmas are summed on the device and read once per step, however many micro-steps it has.
+    assert four["syncs_per_step"][-1] == one["syncs_per_step"][-1], (one["syncs_per_step"], four["syncs_per_step"])
+
+
+def test_ranks_hearing_of_a_preemption_at_different_micro_steps_checkpoint_the_same_step_together(tmp_path,
+                                                                                                 tiny_bundle):
+    # Rank 1 hears of it at its 3rd micro-step check (step 3, after 2 completed steps); rank 0 never does.
+    ranks = _run(tmp_path, tiny_bundle, world=2, steps=4, hear_preemption_at={"1": 3},
+                 overrides=["train.checkpoint_every=100"])
+    assert all(not r["failures"] for r in ranks)
+    folders = sorted(p.name for p in (tmp_path / "runs" / "trainer-test" / "checkpoints").iterdir())
+    # The just-in-time checkpoint holds step 2, and the final one step 4.
+    assert folders == ["step_000000002", "step_000000004"]
+    state = json.loads((tmp_path / "runs" / "trainer-test" / "checkpoints" / "step_000000002" /
+                        "trainer_state.json").read_text())
+    assert state["reason"] == "preemption"
