@@ -139,8 +139,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        # Counted before the body goes out: the client may read it and check the count before this thread
+        # would get back to it.
         server.served[path] = server.served.get(path, 0) + len(body)
+        self.wfile.write(body)
 
     def log_message(self, *args):
         pass

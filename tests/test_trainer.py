@@ -47,10 +47,15 @@ def test_without_gradient_checkpointing_no_block_is_recomputed(tmp_path, tiny_bu
 
 
 def test_every_step_measures_its_peak_memory_and_step_1_is_set_against_the_estimate(tmp_path, tiny_bundle):
-    [rank0] = _run(tmp_path, tiny_bundle, world=1, steps=2)
-    line = next(x for x in rank0["log"].splitlines() if "ltx-ray: memory: measured" in x)
-    measured = float(line.split("measured ")[1].split(" GiB")[0])
-    assert measured > 0
+    [rank0] = _run(tmp_path, tiny_bundle, world=1, steps=2, estimated_bytes=2**30)
+    assert len(rank0["peak_gib"]) == 2 and all(0 < p < 1 for p in rank0["peak_gib"])
+    assert "ltx-ray: memory: measured 0.0" in rank0["log"] and "estimated 1.00 GiB" in rank0["log"]
+    assert "exceeds the estimate" not in rank0["log"]
+
+
+def test_a_step_1_peak_over_the_estimate_by_more_than_15_percent_is_warned_about(tmp_path, tiny_bundle):
+    [rank0] = _run(tmp_path, tiny_bundle, world=1, steps=1, estimated_bytes=1024)
+    assert "exceeds the estimate (0.00 GiB) by more than 15%" in rank0["log"]
 
 
 def test_host_reads_per_step_do_not_grow_with_the_micro_steps(tmp_path, tiny_bundle):

@@ -4,7 +4,7 @@
 
 SPEC: checkpoint, gemma, storage, steps, overrides (key=value), hear_preemption_at (rank -> the
 number of the micro-step, counted from 1, at whose check this rank first hears of a preemption),
-count_syncs (bool). Writes OUT/rank<r>.json: what the run did, as seen from inside this rank.
+count_syncs (bool), estimated_bytes (the run's memory estimate). Writes OUT/rank<r>.json: what the run did, as seen from inside this rank.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def main(spec_path: str) -> None:
     ctx = DistContext([_sample(i) for i in range(4)], use_gpu=False, timeout_s=60, preemption=heard)
     trainer = Trainer(RunSetup(job=job, run_name=spec.get("run", "trainer-test"),
                                checkpoint_path=spec["checkpoint"], wandb_dir=str(Path(spec["storage"]) / "wandb"),
-                               lora_metadata={"rank": str(job.request.rank)}), ctx)
+                               lora_metadata={"rank": str(job.request.rank)},
+                               estimated_bytes=spec.get("estimated_bytes")), ctx)
     original_step = step_module.train_step
 
     def observed_step(engine, *args, **kwargs):
@@ -84,7 +85,7 @@ def main(spec_path: str) -> None:
     trainer_module.train_step = observed_step
     trainer.train()
     record.update(recomputed_blocks=trainer.recomputed_blocks, failures=[str(p) for p in ctx.failures],
-                  micro_checks=calls["micro"])
+                  micro_checks=calls["micro"], peak_gib=[m.memory_peak_gib for m in trainer.history])
     (Path(spec["out"]) / f"rank{rank}.json").write_text(json.dumps(record))
 
 

@@ -228,7 +228,8 @@ class TrainConfig:
     validation_guidance_rescale: float = between(0.7, 0.0, 1.0)
     validation_video_modality_scale: float = between(3.0, 1.0, 20.0)
     validation_audio_modality_scale: float = between(3.0, 1.0, 20.0)
-    # Run the guidance passes of a step as one batch (faster; that many times the activations).
+    # Run the guidance passes of a step as one batch (faster; that many times the activations): in ZeRO-3
+    # previews and `ltx-ray generate`. ZeRO-2 previews spread the passes over the ranks, one forward each.
     validation_batch_guidance: bool = True
     # Test hook: after this step, kill the last rank's process (SIGKILL, as a crashed node), once, in an
     # attempt that started from step 0 (0 = never).

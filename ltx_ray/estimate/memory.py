@@ -123,19 +123,16 @@ def build_transformer(arch: Architecture, *, dtype: torch.dtype, lora_rank: int 
     meta device for a model that would not fit."""
     from ltx_core.model.transformer.model_configurator import LTXModelConfigurator
 
-    from ltx_ray.model.lora import DEFAULT_TARGETS, apply_lora
+    from ltx_ray.model.lora import DEFAULT_TARGETS, trainable_lora_model
 
     model = LTXModelConfigurator.from_config(arch.config).to(dtype)
-    if gradient_checkpointing:
-        model.set_gradient_checkpointing(True)
     if lora_rank is None:
+        if gradient_checkpointing:
+            model.set_gradient_checkpointing(True)
         return model
-    model = apply_lora(model, lora_rank, targets=lora_targets or DEFAULT_TARGETS,
-                       include_feed_forward=include_feed_forward)
-    for p in model.parameters():
-        if p.requires_grad:
-            p.data = p.data.to(dtype)
-    return model
+    return trainable_lora_model(model, lora_rank, targets=lora_targets or DEFAULT_TARGETS,
+                                include_feed_forward=include_feed_forward,
+                                gradient_checkpointing=gradient_checkpointing, dtype=dtype)
 
 
 def model_counts(arch: Architecture, *, lora_rank: int, lora_targets, include_feed_forward: bool) -> dict[str, int]:

@@ -73,6 +73,32 @@ def apply_lora(
     return model
 
 
+def trainable_lora_model(
+    transformer: torch.nn.Module,
+    rank: int,
+    *,
+    targets: Iterable[str] = DEFAULT_TARGETS,
+    include_feed_forward: bool = False,
+    gradient_checkpointing: bool = False,
+    dtype: torch.dtype,
+    device: torch.device | str | None = None,
+) -> PeftModel:
+    """The transformer as training steps it: ltx-core's gradient checkpointing set as asked, our LoRA
+    (`apply_lora`), the adapters in the base's `dtype` (on `device`, default: where they are), in train mode.
+
+    Train mode matters: ltx-core recomputes a block only `if self._enable_gradient_checkpointing and
+    self.training`, and its loaders return eval-mode modules. The training engine
+    (`ltx_ray.train.engine.build_engine`) and the memory estimator both build their model here.
+    """
+    if gradient_checkpointing:
+        transformer.set_gradient_checkpointing(True)
+    model = apply_lora(transformer, rank, targets=targets, include_feed_forward=include_feed_forward)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.to(device=device if device is not None else p.device, dtype=dtype)
+    return model.train()
+
+
 def set_gradient_checkpointing(model: torch.nn.Module, enable: bool = True) -> None:
     """Turn on ltx-core's per-block gradient checkpointing (`LTXModel.set_gradient_checkpointing`) under any wrapper."""
     _ltx_model(model).set_gradient_checkpointing(enable)

@@ -8,7 +8,7 @@ import torch
 
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.model.loader import load_transformer
-from ltx_ray.model.lora import apply_lora
+from ltx_ray.model.lora import trainable_lora_model
 from ltx_ray.train import zero3
 from ltx_ray.train.deepspeed_config import deepspeed_accelerator, deepspeed_config, lr_lambda
 
@@ -49,17 +49,11 @@ def build_engine(job: JobConfig, checkpoint_path: str | torch.nn.Module, world: 
         transformer = zero3.load_transformer_zero3(checkpoint_path, ds_config, dtype=dtype)
     else:
         transformer = load_transformer(checkpoint_path, dtype=dtype, device=device)
-    if job.cluster.gradient_checkpointing:
-        transformer.set_gradient_checkpointing(True)
-    model = apply_lora(
-        transformer,
-        job.request.rank,
-        targets=job.model.lora_targets,
-        include_feed_forward=job.model.lora_include_feed_forward,
-    )
+    # DeepSpeed does not cast a model built under zero.Init: the adapters follow the base.
+    model = trainable_lora_model(transformer, job.request.rank, targets=job.model.lora_targets,
+                                 include_feed_forward=job.model.lora_include_feed_forward,
+                                 gradient_checkpointing=job.cluster.gradient_checkpointing, dtype=dtype, device=device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    for p in trainable:  # DeepSpeed does not cast a model built under zero.Init; the adapters follow the base
-        p.data = p.data.to(device=device, dtype=dtype)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=trainable,
