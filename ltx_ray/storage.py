@@ -18,6 +18,7 @@ import errno
 import hashlib
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -141,6 +142,19 @@ def read_bytes(fs: pafs.FileSystem, path: str, storage: StorageConfig | None, ur
 def write_bytes(fs: pafs.FileSystem, path: str, data: bytes, storage: StorageConfig | None, uri: str = "") -> None:
     """Write a whole file of `fs`, replacing it (transient errors retried: each try writes it all)."""
     def write() -> None:
+        if isinstance(fs, pafs.LocalFileSystem):
+            # An object store's PUT replaces a file whole; a local file is truncated, then written, and two
+            # writers at once (two drivers taking one lease) can leave the bytes of both. Write beside it and
+            # rename over it: a reader sees one writer's file or the other's.
+            tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+            try:
+                with fs.open_output_stream(tmp) as f:
+                    f.write(data)
+                fs.move(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            return
         with fs.open_output_stream(path) as f:
             f.write(data)
 
