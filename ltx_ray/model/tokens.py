@@ -145,7 +145,7 @@ def _masks_nothing(context_mask: torch.Tensor | None) -> bool:
     """True when the mask attends to every text token (None, or no 0 anywhere in a mask on the host).
 
     Only a CPU mask is read: reading one on the GPU is a host sync that stalls its queue at every
-    micro-step, so callers decide before the transfer (`train.batches.collate` gives None). A mask that
+    micro-step, so callers hand it over from the host (`train.batches.collate` does). A mask that
     holds no values (the memory estimator's fake tensors, meta tensors) is kept.
     """
     if context_mask is None:

@@ -74,15 +74,15 @@ def _epoch_permutation(n: int, seed: int, epoch: int) -> tuple[int, ...]:
 
 def collate(samples: list[dict[str, torch.Tensor]], indices: list[int], device: torch.device,
             dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Stack the chosen samples into a batch on `device`; latents and contexts in `dtype`; the context mask,
-    None when it masks nothing."""
+    """Stack the chosen samples into a batch on `device`; latents and contexts in `dtype`; the context mask
+    stays on the host."""
     batch = {}
     for col in LATENT_TENSORS:
         stacked = torch.stack([samples[i][col] for i in indices])
         if col == "context_mask":
-            # Decided here, on the host, before the transfer (reading a device tensor would stall the GPU's
-            # queue): a mask with no 0 is dropped, so attention may take its flash kernel (`model.tokens`).
-            batch[col] = None if stacked.all().tolist() else stacked.to(device)
+            # `model.tokens` reads it on the host (reading a device tensor would stall the GPU's queue), drops
+            # it when it masks nothing, so attention may take its flash kernel, and moves it otherwise.
+            batch[col] = stacked
         else:
             batch[col] = stacked.to(device=device, dtype=dtype)
     return batch
