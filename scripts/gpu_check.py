@@ -183,7 +183,8 @@ def _train_tiny(checks: Checks, ctx, work: Path, inputs: dict, stage: int, world
     from ltx_ray.model.encode import validation_tiling
     from ltx_ray.sample.sampler import guidance_from_config
     from ltx_ray.train import checkpoint as ckpt, train_state
-    from ltx_ray.train.engine import build_engine, precision_dtype
+    from ltx_ray.model.loader import precision_dtype
+    from ltx_ray.train.engine import build_engine
     from ltx_ray.train.outputs import lora_metadata, outputs_uri
     from ltx_ray.train.trainer import RunSetup, Trainer
 
@@ -207,7 +208,7 @@ def _train_tiny(checks: Checks, ctx, work: Path, inputs: dict, stage: int, world
     checks.check(f"{name} memory measured", h[0].memory_peak_gib > 0, f"{h[0].memory_peak_gib:.3f} GiB in step 1")
     # The checkpoint, loaded back into a fresh engine, gives back exactly the state it holds.
     final = ckpt.latest(job, run)
-    engine = build_engine(job, inputs["checkpoint"], world, ctx.device, precision_dtype(job))
+    engine = build_engine(job, inputs["checkpoint"], world, ctx.device, precision_dtype(job.cluster.precision))
     restored = ckpt.restore(engine, job, run, ctx.rank)
     tensors, _ = train_state.gather(engine)
     saved, _ = train_state.read(Path(final.uri.removeprefix("file://")))
@@ -249,6 +250,7 @@ def _real_width(checks: Checks, ctx, inputs: dict, world: int, cpu: bool) -> Non
     from ltx_ray.estimate.architecture import builtin_architecture, read_architecture, training_shapes
     from ltx_ray.estimate.estimate import GIB, estimate
     from ltx_ray.estimate.memory import random_batch
+    from ltx_ray.model.loader import precision_dtype
 
     if cpu:
         config, overrides = ROOT / "conf" / "demo.yaml", [f"model.checkpoint={inputs['checkpoint']}",
@@ -264,7 +266,7 @@ def _real_width(checks: Checks, ctx, inputs: dict, world: int, cpu: bool) -> Non
                                   "tracking.mode=disabled", *overrides], training=False)
     depth = int(arch.transformer["num_layers"])
     shapes = training_shapes(job, arch)
-    dtype = torch.bfloat16 if job.cluster.precision == "bf16" else torch.float32
+    dtype = precision_dtype(job.cluster.precision)
     torch.manual_seed(ctx.rank)
     batch = random_batch(arch, shapes, 1, dtype)
     samples = [{**{k: v[0] for k, v in batch.items()}, "index": 0}]

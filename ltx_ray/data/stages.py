@@ -188,11 +188,11 @@ class Encode:
     def __init__(self, model_cfg, use_gpu: bool, precision: str):
         import torch
 
-        from ltx_ray.model.loader import load_audio_encoder, load_text_encoder, load_video_encoder
+        from ltx_ray.model.loader import load_audio_encoder, load_text_encoder, load_video_encoder, precision_dtype
 
         self.device = torch.device("cuda" if use_gpu else "cpu")
         torch.set_num_threads(1)  # one CPU per actor (`ltx_ray.data.pipeline`)
-        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.dtype = precision_dtype(precision)
         checkpoint = model_cfg.checkpoint
         self.video_encoder = load_video_encoder(checkpoint, dtype=self.dtype, device=self.device)
         self.audio_encoder = load_audio_encoder(checkpoint, dtype=self.dtype, device=self.device)

@@ -98,10 +98,6 @@ class Estimate:
         return out
 
 
-def _dtype(job: JobConfig) -> torch.dtype:
-    return torch.bfloat16 if job.cluster.precision == "bf16" else torch.float32
-
-
 def with_depth(arch: Architecture, blocks: int) -> Architecture:
     config = copy.deepcopy(arch.config)
     config["transformer"]["num_layers"] = blocks
@@ -235,12 +231,13 @@ def estimate(job: JobConfig, *, exact_depth: bool = False, gpu_attention: bool =
     """The per-GPU memory of the job's training workers, its rank 0 while previewing, and an encoder actor."""
     import time
 
+    from ltx_ray.model.loader import precision_dtype
     from ltx_ray.sample.sampler import guidance_from_config
 
     started = time.perf_counter()
     arch, note = architecture_for(job)
     r, c, m = job.request, job.cluster, job.model
-    dtype = _dtype(job)
+    dtype = precision_dtype(job.cluster.precision)
     element_bytes = torch.finfo(dtype).bits // 8
     counts = memory.model_counts(arch, lora_rank=r.rank, lora_targets=m.lora_targets,
                                  include_feed_forward=m.lora_include_feed_forward)

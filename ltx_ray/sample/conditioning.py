@@ -76,11 +76,11 @@ def build_validation_set(job: JobConfig, out_file: Path) -> Path:
     """Fit and encode every validation sample into one safetensors file at `out_file`."""
     from ltx_ray.data.ingest import fit_reference
     from ltx_ray.model.encode import encode_audio, encode_text, encode_video
-    from ltx_ray.model.loader import load_audio_encoder, load_text_encoder, load_video_encoder
+    from ltx_ray.model.loader import load_audio_encoder, load_text_encoder, load_video_encoder, precision_dtype
 
     r = job.request
     device = torch.device("cuda" if job.cluster.use_gpu and torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if job.cluster.precision == "bf16" else torch.float32
+    dtype = precision_dtype(job.cluster.precision)
     video_encoder = load_video_encoder(job.model.checkpoint, dtype=dtype, device=device)
     audio_encoder = load_audio_encoder(job.model.checkpoint, dtype=dtype, device=device)
     text_encoder = load_text_encoder(job.model.text_encoder, job.model.checkpoint, dtype=dtype, device=device)

@@ -62,11 +62,11 @@ def generate(job: JobConfig, req: GenerateRequest) -> str:
         # --- models: encoders, then the fused transformer, then the decoders ---------------------
         use_expandable_segments()  # before anything is allocated on the GPU
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if job.cluster.precision == "bf16" else torch.float32
+        from ltx_ray.model.loader import load_transformer, precision_dtype
+
+        dtype = precision_dtype(job.cluster.precision)
         started = time.perf_counter()
         cond = _encode(job, scaled, req, device, dtype)
-        from ltx_ray.model.loader import load_transformer
-
         model = load_transformer(job.model.checkpoint, dtype=dtype, device=device,
                                  lora=(lora.path, req.strength)).eval()
         shape = target_shape(r, cond)

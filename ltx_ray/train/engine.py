@@ -13,11 +13,6 @@ from ltx_ray.train import zero3
 from ltx_ray.train.deepspeed_config import deepspeed_accelerator, deepspeed_config, lr_lambda
 
 
-def precision_dtype(job: JobConfig) -> torch.dtype:
-    """The dtype the job trains and samples in: `cluster.precision`."""
-    return torch.bfloat16 if job.cluster.precision == "bf16" else torch.float32
-
-
 def build_engine(job: JobConfig, checkpoint_path: str | torch.nn.Module, world: int, device: torch.device,
                  dtype: torch.dtype):
     """The transformer from `checkpoint_path` with the job's LoRA, in a DeepSpeed engine, in train mode.

@@ -24,11 +24,12 @@ from ltx_ray import tempdirs
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.estimate.estimate import GIB
 from ltx_ray.estimate.tracker import StorageTracker
+from ltx_ray.model.loader import precision_dtype
 from ltx_ray.storage import upload
 from ltx_ray.train import batches, train_state, zero3
 from ltx_ray.train.checkpoint import CheckpointWriter, restore
 from ltx_ray.train.context import WorkerContext
-from ltx_ray.train.engine import build_engine, precision_dtype
+from ltx_ray.train.engine import build_engine
 from ltx_ray.train.outputs import outputs_uri
 from ltx_ray.train.step import StepShape, train_step
 from ltx_ray.train.tracking import Tracker
@@ -69,7 +70,7 @@ class Trainer:
     def __init__(self, setup: RunSetup, context: WorkerContext):
         self.setup, self.context = setup, context
         self.job = setup.job
-        self.dtype = precision_dtype(self.job)
+        self.dtype = precision_dtype(self.job.cluster.precision)
         # As many intra-op threads as the worker was given CPUs: more oversubscribes the node.
         torch.set_num_threads(max(1, int(self.job.cluster.resources_per_worker.get("CPU", 1))))
         self.engine = None
