@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(dump_yaml(job))
             return 0
         if args.command == "preprocess":
-            from ltx_ray.data.pipeline import run_preprocess
+            from ltx_ray.latents.pipeline import run_preprocess
 
             run_preprocess(job)
             return 0

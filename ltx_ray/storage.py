@@ -91,7 +91,7 @@ def resolve_filesystem(uri: str, storage: StorageConfig | None = None) -> tuple[
     `s3://bucket/key` gives an `S3FileSystem` (endpoint and region from
     `storage`) and `bucket/key`; `gs://bucket/key` a `GcsFileSystem` and
     `bucket/key`. Raises `ValueError` for any other scheme (http(s) is read
-    by `ltx_ray.data.fetch`, not through a filesystem).
+    by `ltx_ray.fetch`, not through a filesystem).
     """
     scheme = scheme_of(uri)
     if scheme in ("", "file"):

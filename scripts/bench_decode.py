@@ -30,8 +30,8 @@ import av  # noqa: E402
 
 from ltx_ray.config.resolution import snap_frames  # noqa: E402
 from ltx_ray.config.schema import RequestConfig  # noqa: E402
-from ltx_ray.data.ingest import build_manifest, fit_pair  # noqa: E402
-from ltx_ray.data.synthetic import write_sample_dataset  # noqa: E402
+from ltx_ray.clips.ingest import build_manifest, fit_pair  # noqa: E402
+from synthetic import write_sample_dataset  # noqa: E402
 
 
 def raw_decode(paths: list[Path]) -> int:

@@ -7,13 +7,13 @@
              --inference-steps N --resolution low --aspect 1:1 --workdir DIR --keep
 
 What it does (all through the product's own commands, nothing mocked):
-1. data: a synthetic audio+video transformation (`ltx_ray.data.learning_pairs`):
+1. data: a synthetic audio+video transformation (`scripts/learning_pairs.py`):
    reference = a still frame in one saturated hue + a steady tone; target =
    horizontal stripes of the complementary colour on black + the tone with its
    octave below added. Hue and pitch are drawn per
    pair from two grids; the held-out pairs' lie between the training pairs'.
    Every caption is the same generic text, so only the reference can tell the
-   model what to produce. Written with PyAV (`encode_clip`) as a zip archive
+   model what to produce. Written with PyAV (`write_clip`) as a zip archive
    of `_start`/`_end`/`.txt` pairs; the tiny LTX-2.3 bundle with `write_tiny_bundle`.
 2. train: `ltx-ray train conf/demo.yaml key=value ...` in a subprocess (its own
    local Ray, 2 CPU workers, DeepSpeed ZeRO-2); reads the LoRA from its result JSON.
@@ -97,10 +97,10 @@ def calibrated_bundle(out_dir: Path, seed: int, *, clips: int = 8, width: int = 
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from ltx_ray.data import learning_pairs as lp
-    from ltx_ray.data.ingest import fit_reference
-    from ltx_ray.data.media import encode_clip
-    from ltx_ray.model.encode import encode_audio, encode_video
+    import learning_pairs as lp
+    from ltx_ray.clips.ingest import fit_reference
+    from ltx_ray.clips.media import write_clip
+    from ltx_ray.model.vae import audio_to_latents, video_to_latents
     from ltx_ray.model.loader import load_audio_encoder, load_video_encoder
     from ltx_ray.model.tiny import write_tiny_bundle
 
@@ -113,11 +113,11 @@ def calibrated_bundle(out_dir: Path, seed: int, *, clips: int = 8, width: int = 
         for c in contents:
             for video, sound in ((lp.reference_video(c, n, width, height), lp.reference_sound(c, n / fps)),
                                  (lp.target_video(c, n, width, height), lp.target_sound(c, n / fps))):
-                clip = encode_clip(Path(tmp) / "clip.mp4", video, fps, sound, lp.SOURCE_SAMPLE_RATE)
+                clip = write_clip(Path(tmp) / "clip.mp4", video, fps, sound, lp.SOURCE_SAMPLE_RATE)
                 fit = fit_reference(clip, None, width=width, height=height, frames=frames, frame_rate=fps)
-                videos.append(encode_video(video_enc, torch.from_numpy(fit.video)[None]).float())
+                videos.append(video_to_latents(video_enc, torch.from_numpy(fit.video)[None]).float())
                 audios.append(audio_enc.patchifier.patchify(
-                    encode_audio(audio_enc, torch.from_numpy(fit.audio)[None]).float()))
+                    audio_to_latents(audio_enc, torch.from_numpy(fit.audio)[None]).float()))
     with safe_open(str(checkpoint), "pt") as f:
         metadata, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     # Video statistics are per latent channel (dim 1); audio ones per patchified feature (last dim).
@@ -166,7 +166,7 @@ def main() -> int:
     # ---- 1. data and bundle ------------------------------------------------------------------
     t0 = time.perf_counter()
     from ltx_ray.config.resolution import bucket_size
-    from ltx_ray.data.learning_pairs import write_learning_pairs
+    from learning_pairs import write_learning_pairs
     from ltx_ray.model.tiny import write_tiny_bundle
 
     width, height = bucket_size(a.resolution, a.aspect)
@@ -267,8 +267,8 @@ def main() -> int:
     import torch
     from safetensors.torch import load_file
 
-    from ltx_ray.data.ingest import fit_reference
-    from ltx_ray.model.encode import encode_audio, encode_video
+    from ltx_ray.clips.ingest import fit_reference
+    from ltx_ray.model.vae import audio_to_latents, video_to_latents
     from ltx_ray.model.loader import load_audio_encoder, load_video_encoder
 
     video_enc = load_video_encoder(checkpoint, dtype=torch.float32)
@@ -277,8 +277,8 @@ def main() -> int:
     for pair in data.held_out:
         fitted = fit_reference(pair.target, None, width=width, height=height, frames=frames, frame_rate=a.fps)
         targets.append({
-            "video": encode_video(video_enc, torch.from_numpy(fitted.video)[None]).float(),
-            "audio": encode_audio(audio_enc, torch.from_numpy(fitted.audio)[None]).float(),
+            "video": video_to_latents(video_enc, torch.from_numpy(fitted.video)[None]).float(),
+            "audio": audio_to_latents(audio_enc, torch.from_numpy(fitted.audio)[None]).float(),
         })
     for (pair, kind, _), path in zip(jobs, paths):
         outs[kind].append(load_file(str(path)))

@@ -59,8 +59,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ray  # noqa: E402
 
 from ltx_ray.config import load_config  # noqa: E402
-from ltx_ray.data import pipeline, stages  # noqa: E402
-from ltx_ray.data.synthetic import write_sample_dataset  # noqa: E402
+from ltx_ray.latents import pipeline, stages  # noqa: E402
+from synthetic import write_sample_dataset  # noqa: E402
 from ltx_ray.model.tiny import write_tiny_bundle  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

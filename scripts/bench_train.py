@@ -30,8 +30,8 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 
 from ltx_ray.config import load_config  # noqa: E402
-from ltx_ray.data.pipeline import UnpackLatents, build_latent_cache  # noqa: E402
-from ltx_ray.data.synthetic import write_sample_dataset  # noqa: E402
+from ltx_ray.latents.pipeline import UnpackLatents, build_latent_cache  # noqa: E402
+from synthetic import write_sample_dataset  # noqa: E402
 from ltx_ray.model.loader import load_transformer  # noqa: E402
 from ltx_ray.model.lora import apply_lora  # noqa: E402
 from ltx_ray.model.objective import av2av_loss  # noqa: E402

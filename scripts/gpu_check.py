@@ -74,7 +74,7 @@ def main() -> int:
 
 
 def _prepare(work: Path, *, cpu: bool) -> None:
-    from ltx_ray.data.synthetic import write_sample_dataset
+    from synthetic import write_sample_dataset
     from ltx_ray.model.tiny import write_tiny_bundle
     from ltx_ray.sample.conditioning import build_validation_set
 
@@ -180,7 +180,7 @@ def _train_tiny(checks: Checks, ctx, work: Path, inputs: dict, stage: int, world
 
     from ltx_ray.config.resolution import bucket_size
     from ltx_ray.estimate.estimate import estimate
-    from ltx_ray.model.encode import validation_tiling
+    from ltx_ray.model.vae import validation_tiling
     from ltx_ray.sample.sampler import guidance_from_config
     from ltx_ray.train import checkpoint as ckpt, train_state
     from ltx_ray.model.loader import precision_dtype
@@ -229,7 +229,7 @@ def _train_tiny(checks: Checks, ctx, work: Path, inputs: dict, stage: int, world
 
 
 def _generate(checks: Checks, work: Path, inputs: dict, lora_file: str | None, cpu: bool) -> None:
-    from ltx_ray.data.media.probe import probe
+    from ltx_ray.clips.media.probe import probe
     from ltx_ray.sample.generate import GenerateRequest, generate
 
     job = _tiny_job(work, inputs["checkpoint"], inputs["gemma"], inputs["reference"], cpu=cpu, stage=2, world=1)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ltx_ray.data.synthetic import write_sample_dataset  # noqa: E402
+from synthetic import write_sample_dataset  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

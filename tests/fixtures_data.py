@@ -20,8 +20,8 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from ltx_ray.data.media import AUDIO_SAMPLE_RATE, encode_clip
-from ltx_ray.data.synthetic import tone, write_sample_dataset
+from ltx_ray.clips.media import AUDIO_SAMPLE_RATE, write_clip
+from synthetic import tone, write_sample_dataset
 
 # Grey level per second of clip time in `time_video` frames (clips stay under ~2.5 s).
 TIME_GREY = 100.0
@@ -75,7 +75,7 @@ def make_clip(tmp_path_factory) -> Callable[..., Path]:
             sound = None
             if audio == "tone":
                 sound = tone(freq, audio_seconds or frames / fps, sample_rate, channels, amplitude)
-            encode_clip(path, time_video(frames, fps, width, height), fps, sound, sample_rate)
+            write_clip(path, time_video(frames, fps, width, height), fps, sound, sample_rate)
             cache[key] = path
         return cache[key]
 

@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from ltx_ray.data.archive import extract_archive
+from ltx_ray.clips.archive import extract_archive
 from ltx_ray.errors import DatasetError
 
 

@@ -9,7 +9,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from ltx_ray.config.schema import StorageConfig
-from ltx_ray.data.fetch import content_hash, fetch
+from ltx_ray.fetch import content_hash, fetch
 from ltx_ray.errors import DatasetError
 from ltx_ray.storage import join, resolve_filesystem
 
@@ -175,7 +175,7 @@ def test_credentials_in_an_http_url_are_sent_as_basic_auth_and_never_shown(http_
     http_server.files["/cred-ref.mp4"] = b"payload"
     http_server.fail_first["/cred-ref.mp4"] = 1  # one retry, so a warning names the URL
     url = http_server.url("/cred-ref.mp4").replace("://", "://bob:pw2secret@") + "?X-Amz-Signature=def456sig"
-    with caplog.at_level(logging.WARNING, logger="ltx_ray.data.fetch"):
+    with caplog.at_level(logging.WARNING, logger="ltx_ray.fetch"):
         path = fetch(url, tmp_path, retries=2, backoff_s=0.01)
     assert path.read_bytes() == b"payload"
     assert http_server.authorization["/cred-ref.mp4"] == "Basic " + base64.b64encode(b"bob:pw2secret").decode()
@@ -195,7 +195,7 @@ def test_errors_about_a_credentialed_url_never_show_its_secrets(http_server, tmp
 def test_a_host_that_does_not_resolve_fails_at_once_without_retries(tmp_path, caplog):
     import logging
 
-    with caplog.at_level(logging.WARNING, logger="ltx_ray.data.fetch"), pytest.raises(DatasetError) as err:
+    with caplog.at_level(logging.WARNING, logger="ltx_ray.fetch"), pytest.raises(DatasetError) as err:
         fetch("http://bob:pw2secret@no-such-host.invalid/pairs.zip", tmp_path, retries=4, backoff_s=5.0)
     assert "host 'no-such-host.invalid' not found" in str(err.value)
     assert "pw2secret" not in str(err.value)

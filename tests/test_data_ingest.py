@@ -13,9 +13,9 @@ import pytest
 
 from fixtures_data import SMALL, TIME_GREY, dominant_hz, grey
 from ltx_ray.config.schema import RequestConfig, StorageConfig
-from ltx_ray.data.fetch import content_hash
-from ltx_ray.data.ingest import ProbedPair, build_manifest, fit_pair, fit_reference, ingest, probe_pair
-from ltx_ray.data.media import probe
+from ltx_ray.fetch import content_hash
+from ltx_ray.clips.ingest import ProbedPair, build_manifest, fit_pair, fit_reference, ingest, probe_pair
+from ltx_ray.clips.media import probe
 from ltx_ray.errors import DatasetError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,7 +185,7 @@ def test_manifest_is_built_without_decoding_and_fits_later(sample_dataset, tmp_p
 
 
 def test_a_probed_pair_takes_a_final_caption(make_clip, tmp_path):
-    from ltx_ray.data.pairs import PairFiles
+    from ltx_ray.clips.pairs import PairFiles
 
     clip = make_clip()
     pair = fit_pair(probe_pair(PairFiles("z", clip, clip), _request("unused"), caption="given caption"),
@@ -195,8 +195,8 @@ def test_a_probed_pair_takes_a_final_caption(make_clip, tmp_path):
 
 @pytest.mark.parametrize("factors", [(1, 1), (2, 4)])
 def test_fit_pair_fills_given_arrays_exactly_as_it_fits_new_ones(make_clip, factors):
-    from ltx_ray.data.ingest import fitted_shapes
-    from ltx_ray.data.pairs import PairFiles
+    from ltx_ray.clips.ingest import fitted_shapes
+    from ltx_ray.clips.pairs import PairFiles
 
     start, end = make_clip(frames=40, fps=16), make_clip(frames=60, fps=24, width=320, height=240)
     request = _request("unused", reference_downscale_factor=factors[0], reference_temporal_scale_factor=factors[1])

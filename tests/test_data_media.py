@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 
 from fixtures_data import TIME_GREY, dominant_hz, grey
-from ltx_ray.data.media import (
+from ltx_ray.clips.media import (
     AUDIO_SAMPLE_RATE,
     NORMALIZE_PEAK,
     decode_audio,
     decode_video,
     downscale_video,
-    encode_clip,
+    write_clip,
     fit_crop,
     has_audio,
     probe,
     subsample_frames,
 )
-from ltx_ray.data.synthetic import tone
+from synthetic import tone
 from ltx_ray.errors import DatasetError
 
 
@@ -68,7 +68,7 @@ def test_video_is_resized_to_fill_and_centre_cropped(tmp_path):
     frame[:12] = (255, 0, 0)
     frame[-12:] = (0, 0, 255)
     frame[:, :16] = (0, 255, 0)
-    path = encode_clip(tmp_path / "bands.mp4", np.stack([frame] * 4), 8, tone(440, 0.5))
+    path = write_clip(tmp_path / "bands.mp4", np.stack([frame] * 4), 8, tone(440, 0.5))
     video = decode_video(path, width=512, height=288, frames=2, frame_rate=8)
     assert video.shape == (2, 288, 512, 3) and video.dtype == np.uint8
     rows = video[0, [0, 287], 256].astype(int)
@@ -164,7 +164,7 @@ def test_audio_stays_in_sync_with_the_first_video_frame(tmp_path):
     sr = 44100
     sound = tone(440, 2.0, sr)
     sound[:, : sr // 2] = 0  # the tone starts at 0.5 s
-    path = encode_clip(tmp_path / "onset.mp4", np.zeros((32, 64, 64, 3), np.uint8), 16, sound, sr)
+    path = write_clip(tmp_path / "onset.mp4", np.zeros((32, 64, 64, 3), np.uint8), 16, sound, sr)
     audio = _audio(path, normalize=False)
     onset = np.argmax(np.abs(audio[0]) > 0.2) / AUDIO_SAMPLE_RATE
     assert onset == pytest.approx(0.5, abs=0.02)
@@ -188,7 +188,7 @@ def test_phone_clip_rotation_is_applied_before_fitting(tmp_path):
     # A landscape picture stored with a "rotate 90 clockwise" display matrix, as phones write portrait clips.
     frame = np.full((90, 160, 3), 60, np.uint8)
     frame[:12] = (255, 0, 0)  # red band along the stored top edge
-    path = encode_clip(tmp_path / "phone.mp4", np.stack([frame] * 4), 8, tone(440, 0.5))
+    path = write_clip(tmp_path / "phone.mp4", np.stack([frame] * 4), 8, tone(440, 0.5))
     data = bytearray(path.read_bytes())
     at = data.index(b"tkhd") + 44  # the video track header's 3x3 matrix (16.16 / 2.30 fixed point)
     data[at : at + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ltx_ray.data.pairs import PairFiles, match_pairs, read_caption
+from ltx_ray.clips.pairs import PairFiles, match_pairs, read_caption
 from ltx_ray.errors import DatasetError
 
 

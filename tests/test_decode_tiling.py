@@ -15,7 +15,7 @@ import torch
 from ltx_core.model.video_vae import SpatialTilingConfig, TemporalTilingConfig, TilingConfig
 
 from ltx_ray.model import loader
-from ltx_ray.model.encode import decode_video, validation_tiling
+from ltx_ray.model.vae import latents_to_video, validation_tiling
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_validation_tiling_is_the_official_validations():
 def test_a_clip_larger_than_one_tile_is_decoded_tile_by_tile_as_ltx_core_blends_them(decoder):
     latents = torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(0))  # 256x256 px, 9 frames
     with _decoder_runs(decoder) as runs:
-        frames = decode_video(decoder, latents)
+        frames = latents_to_video(decoder, latents)
     # 192 px tiles overlapping by 64 px: 6 latents with a stride of 4, so 2 x 2 tiles over 8 x 8.
     assert len(runs) == 4
     with torch.inference_mode():
@@ -63,7 +63,7 @@ def test_temporal_tiles_come_back_in_frame_order(decoder):
     latents = torch.randn(1, 16, 5, 2, 2, generator=torch.Generator().manual_seed(1))  # 33 frames
     tiling = TilingConfig(temporal_config=TemporalTilingConfig(tile_size_in_frames=16, tile_overlap_in_frames=8))
     with _decoder_runs(decoder) as runs:
-        frames = decode_video(decoder, latents, tiling=tiling)
+        frames = latents_to_video(decoder, latents, tiling=tiling)
     assert len(runs) > 1
     with torch.inference_mode():
         chunks = list(decoder.tiled_decode(latents, tiling))
@@ -75,7 +75,7 @@ def test_temporal_tiles_come_back_in_frame_order(decoder):
 def test_a_clip_within_one_tile_is_decoded_in_one_call(decoder):
     latents = torch.randn(1, 16, 2, 4, 6, generator=torch.Generator().manual_seed(2))  # 192 px wide: one tile
     with _decoder_runs(decoder) as runs:
-        frames = decode_video(decoder, latents)
+        frames = latents_to_video(decoder, latents)
     assert len(runs) == 1
     with torch.inference_mode():
         assert torch.equal(frames, _uint8(decoder(latents)))
@@ -84,7 +84,7 @@ def test_a_clip_within_one_tile_is_decoded_in_one_call(decoder):
 def test_an_empty_tiling_config_decodes_in_one_call(decoder):
     latents = torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(3))
     with _decoder_runs(decoder) as runs:
-        frames = decode_video(decoder, latents, tiling=TilingConfig())
+        frames = latents_to_video(decoder, latents, tiling=TilingConfig())
     assert len(runs) == 1
     with torch.inference_mode():
         assert torch.equal(frames, _uint8(decoder(latents)))
@@ -94,6 +94,6 @@ def test_a_wide_clip_is_tiled_when_its_longer_side_exceeds_a_tile(decoder):
     """256x64 px: the width is cut in two 192 px tiles; the 64 px height alone would fit in one."""
     latents = torch.randn(1, 16, 2, 2, 8, generator=torch.Generator().manual_seed(4))
     with _decoder_runs(decoder) as runs:
-        frames = decode_video(decoder, latents, tiling=TilingConfig(spatial_config=SpatialTilingConfig(192, 64)))
+        frames = latents_to_video(decoder, latents, tiling=TilingConfig(spatial_config=SpatialTilingConfig(192, 64)))
     assert len(runs) == 2
     assert frames.shape == (1, 9, 64, 256, 3)

@@ -70,13 +70,13 @@ def test_unreachable_checkpoint_falls_back_to_the_builtin_22b_and_a_bad_file_is_
 
 
 def test_audio_latent_frames_match_the_audio_encoder(tiny_bundle):
-    from ltx_ray.data.media import audio_samples
-    from ltx_ray.model.encode import encode_audio
+    from ltx_ray.clips.media import audio_samples
+    from ltx_ray.model.vae import audio_to_latents
     from ltx_ray.model.loader import load_audio_encoder
 
     encoder = load_audio_encoder(tiny_bundle.checkpoint)
     for frames, fps in ((9, 8), (89, 24), (121, 24), (33, 30)):
-        latents = encode_audio(encoder, torch.zeros(1, 2, audio_samples(frames, fps)))
+        latents = audio_to_latents(encoder, torch.zeros(1, 2, audio_samples(frames, fps)))
         assert latents.shape[2] == audio_latent_frames(frames, fps), (frames, fps)
 
 

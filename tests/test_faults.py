@@ -45,7 +45,7 @@ def _checkpoints(run_dir: Path) -> dict[int, dict]:
         manifest = json.loads((folder / "_MANIFEST.json").read_text())  # none may lack it
         for name, entry in manifest["files"].items():
             assert (folder / name).stat().st_size == entry["size"], f"{folder.name}/{name}"
-        out[manifest["step"]] = json.loads((folder / "trainer_state.json").read_text())
+        out[manifest["step"]] = json.loads((folder / "progress.json").read_text())
     return out
 
 
@@ -85,7 +85,7 @@ def test_a_20_s_storage_outage_mid_run_is_ridden_out_without_losing_a_step(tiny_
     driver.join(timeout=600)
     assert not driver.is_alive() and "result" in outcome, "the run did not finish"
 
-    state = json.loads(s3.get_object(Bucket=s3_bucket, Key="runs/blip/checkpoints/step_000000100/trainer_state.json")
+    state = json.loads(s3.get_object(Bucket=s3_bucket, Key="runs/blip/checkpoints/step_000000100/progress.json")
                        ["Body"].read())
     # Ridden out in the attempt that met it: no restart, no step redone.
     assert state["step"] == STEPS and state["resumed_from"] == 0

@@ -14,10 +14,10 @@ import boto3
 import pytest
 
 from jobs import ROOT, s3_overrides, tiny_job
-from ltx_ray.data import blobs, cache as latent_cache, pipeline, stages
-from ltx_ray.data.cache import COMPLETE_MARKER, REPORT_FILE, find_cache
-from ltx_ray.data.pipeline import build_latent_cache
-from ltx_ray.data.pipeline import UnpackLatents
+from ltx_ray.latents import blobs, cache as latent_cache, pipeline, stages
+from ltx_ray.latents.cache import COMPLETE_MARKER, REPORT_FILE, find_cache
+from ltx_ray.latents.pipeline import build_latent_cache
+from ltx_ray.latents.pipeline import UnpackLatents
 from ltx_ray.train.batches import load_samples
 
 
@@ -217,7 +217,7 @@ def test_a_damaged_shard_is_named_and_the_cache_rebuilt(tmp_path, tiny_bundle, s
     shard = Path(first.uri) / first.shards[0]
     size = shard.stat().st_size
     shard.write_bytes(shard.read_bytes()[: size // 2])  # cut short; the marker is intact
-    with caplog.at_level("WARNING", logger="ltx_ray.data.pipeline"):
+    with caplog.at_level("WARNING", logger="ltx_ray.latents.pipeline"):
         second = build_latent_cache(job)
     assert not second.hit and _decodes(decode_log) == 6
     assert f"{shard} is {size // 2} bytes, the marker says {size}" in caplog.text
@@ -229,7 +229,7 @@ def test_a_damaged_shard_is_named_and_the_cache_rebuilt(tmp_path, tiny_bundle, s
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
     caplog.clear()
-    with caplog.at_level("WARNING", logger="ltx_ray.data.pipeline"):
+    with caplog.at_level("WARNING", logger="ltx_ray.latents.pipeline"):
         third = build_latent_cache(job)
     assert not third.hit and f"{shard} does not match its checksum" in caplog.text
     assert third.dataset().count() == 3

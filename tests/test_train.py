@@ -58,11 +58,11 @@ def test_checkpoints_are_pruned_and_hold_no_frozen_base_weights(reference_run, t
     job, result, runs = reference_run
     checkpoints = sorted((runs / "reference" / "checkpoints").glob("step_*"))
     assert len(checkpoints) == job.train.num_checkpoints_to_keep  # 4 were written, 3 kept
-    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    state = json.loads((checkpoints[-1] / "progress.json").read_text())
     assert state["step"] == STEPS
     # One world-size-free file of training state, no DeepSpeed per-rank files.
     assert sorted(p.name for p in checkpoints[-1].iterdir()) == [
-        "_MANIFEST.json", "config.json", "lora.safetensors", "train_state.safetensors", "trainer_state.json"]
+        "_MANIFEST.json", "config.json", "lora.safetensors", "train_state.safetensors", "progress.json"]
     # Nothing else in the run's folder looks like a checkpoint: Ray Train is handed none.
     assert not list((runs / "reference").glob("checkpoint_*"))
     state_bytes = (checkpoints[-1] / "train_state.safetensors").stat().st_size
@@ -178,7 +178,7 @@ def test_rerunning_the_command_after_the_driver_died_resumes_from_storage(tmp_pa
     first.wait()
     killed = time.time()
     # What the re-run sees: the newest verified checkpoint in storage.
-    saved = json.loads((manifests()[-1].parent / "trainer_state.json").read_text())["step"]
+    saved = json.loads((manifests()[-1].parent / "progress.json").read_text())["step"]
     assert 0 < saved < STEPS
     # The killed driver's lease is still fresh: a driver started at once must not run beside a live one.
     held = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -191,12 +191,12 @@ def test_rerunning_the_command_after_the_driver_died_resumes_from_storage(tmp_pa
     assert f"resuming from step {saved}" in second.stdout + second.stderr
     preflight = second.stderr.index("pre-flight: the training worker needs an estimated")
     assert "0.5 GiB of cluster.gpu_memory_gb=0.5" in second.stderr[preflight:preflight + 400]
-    assert json.loads((_final_checkpoint(runs / "driver-restart") / "trainer_state.json").read_text())["step"] == STEPS
+    assert json.loads((_final_checkpoint(runs / "driver-restart") / "progress.json").read_text())["step"] == STEPS
 
 
 def _final_checkpoint(run_dir: Path) -> Path:
     return max((p.parent for p in (run_dir / "checkpoints").glob("step_*/_MANIFEST.json")),
-               key=lambda p: json.loads((p / "trainer_state.json").read_text())["step"])
+               key=lambda p: json.loads((p / "progress.json").read_text())["step"])
 
 
 def _losses(run_dir: Path, run: str) -> dict[int, float]:
@@ -234,7 +234,7 @@ def preempted_run(tmp_path_factory, tiny_bundle, sample_dataset, ray_nodes, refe
     outcome: dict = {}
     driver = threading.Thread(target=lambda: outcome.update(result=run_job(job)), daemon=True)
     driver.start()
-    states = lambda: [json.loads((p.parent / "trainer_state.json").read_text())  # noqa: E731
+    states = lambda: [json.loads((p.parent / "progress.json").read_text())  # noqa: E731
                       for p in (run_dir / "checkpoints").glob("step_*/_MANIFEST.json")]
     deadline = time.time() + 600
     while not any(s["step"] >= 25 for s in states()):
@@ -261,13 +261,13 @@ def test_preempted_node_gets_a_just_in_time_checkpoint_and_the_run_resumes_from_
     _, run_dir, jit, _ = preempted_run
     # Written at the notice, between the interval checkpoints of steps 25 and 50, by both workers.
     assert 25 < jit["step"] < 50 and jit["world_size"] == 2
-    final = json.loads((_final_checkpoint(run_dir) / "trainer_state.json").read_text())
+    final = json.loads((_final_checkpoint(run_dir) / "progress.json").read_text())
     assert final["resumed_from"] == jit["step"] and final["world_size"] == 1
 
 
 def test_elastic_run_continues_on_one_worker_and_finishes_exactly_its_steps(preempted_run):
     result, run_dir, jit, name = preempted_run
-    final = json.loads((_final_checkpoint(run_dir) / "trainer_state.json").read_text())
+    final = json.loads((_final_checkpoint(run_dir) / "progress.json").read_text())
     assert final["step"] == STEPS and final["reason"] == "final"
     assert sorted(_losses_of_every_attempt(name)) == list(range(1, STEPS + 1))
     # The last attempt's W&B run, in the outputs, holds the steps after the resume.

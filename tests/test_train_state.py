@@ -33,7 +33,7 @@ def _old_run(storage, run: str) -> str:
     ckpt = storage / run / "checkpoint_2026-11-01_10-00-00.000000"
     (ckpt / "deepspeed").mkdir(parents=True)
     (ckpt / "deepspeed" / "mp_rank_00_model_states.pt").write_bytes(b"\0" * 64)
-    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 50}))
+    (ckpt / "progress.json").write_text(json.dumps({"step": 50}))
     (storage / run / "checkpoint_manager_snapshot.json").write_text(json.dumps(
         {"latest_checkpoint_result": {"checkpoint_dir_name": ckpt.name}}))
     return ckpt.name
@@ -46,7 +46,7 @@ def _verified_checkpoint(run_dir, step: int, state: dict) -> None:
     folder = run_dir / "checkpoints" / f"step_{step:09d}"
     folder.mkdir(parents=True)
     (folder / "train_state.safetensors").write_bytes(b"")
-    (folder / "trainer_state.json").write_text(json.dumps(state))
+    (folder / "progress.json").write_text(json.dumps(state))
     files = {p.name: {"size": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
              for p in folder.iterdir()}
     (folder / "_MANIFEST.json").write_text(json.dumps({"layout": "ltx-ray/checkpoint/1", "step": step,

@@ -77,5 +77,5 @@ def test_ranks_hearing_of_a_preemption_at_different_micro_steps_checkpoint_the_s
     # The just-in-time checkpoint holds step 2, and the final one step 4.
     assert folders == ["step_000000002", "step_000000004"]
     state = json.loads((tmp_path / "runs" / "trainer-test" / "checkpoints" / "step_000000002" /
-                        "trainer_state.json").read_text())
+                        "progress.json").read_text())
     assert state["reason"] == "preemption"

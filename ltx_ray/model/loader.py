@@ -51,7 +51,7 @@ def resolve_model_path(uri: str | Path) -> Path:
     import os
     import tempfile
 
-    from ltx_ray.data.fetch import fetch
+    from ltx_ray.fetch import fetch
 
     root = Path(os.environ.get("LTX_RAY_MODEL_CACHE", Path(tempfile.gettempdir()) / "ltx-ray-models"))
     target = root / hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -22,8 +22,8 @@ from safetensors.torch import load_file, save_file
 from ltx_ray import tempdirs
 from ltx_ray.config.resolution import bucket_size
 from ltx_ray.config.schema import JobConfig
-from ltx_ray.data.fetch import fetch
-from ltx_ray.data.media import has_audio
+from ltx_ray.fetch import fetch
+from ltx_ray.clips.media import has_audio
 from ltx_ray.errors import DatasetError, Problem
 from ltx_ray.sample.sampler import Conditioning
 
@@ -74,8 +74,8 @@ def validation_key(job: JobConfig, model_identity: str) -> str:
 
 def build_validation_set(job: JobConfig, out_file: Path) -> Path:
     """Fit and encode every validation sample into one safetensors file at `out_file`."""
-    from ltx_ray.data.ingest import fit_reference
-    from ltx_ray.model.encode import encode_audio, encode_text, encode_video
+    from ltx_ray.clips.ingest import fit_reference
+    from ltx_ray.model.vae import audio_to_latents, encode_text, video_to_latents
     from ltx_ray.model.loader import load_audio_encoder, load_text_encoder, load_video_encoder, precision_dtype
 
     r = job.request
@@ -107,9 +107,9 @@ def build_validation_set(job: JobConfig, out_file: Path) -> Path:
             # The reel shows the reference at full size, before the training-time scaling.
             shown = fit_reference(video_path, audio_path, **common)
             text = encode_text(text_encoder, [sample.prompt])
-            tensors[f"{i}.ref_video"] = encode_video(video_encoder, torch.from_numpy(scaled.video)[None]).cpu()
+            tensors[f"{i}.ref_video"] = video_to_latents(video_encoder, torch.from_numpy(scaled.video)[None]).cpu()
             # The waveform stays float32 into the mel front end; only the encoder runs in `dtype`.
-            tensors[f"{i}.ref_audio"] = encode_audio(audio_encoder, torch.from_numpy(scaled.audio)[None]).cpu()
+            tensors[f"{i}.ref_audio"] = audio_to_latents(audio_encoder, torch.from_numpy(scaled.audio)[None]).cpu()
             tensors[f"{i}.video_context"] = text.video_context.cpu()
             tensors[f"{i}.audio_context"] = text.audio_context.cpu()
             tensors[f"{i}.context_mask"] = text.attention_mask.cpu()

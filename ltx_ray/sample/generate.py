@@ -22,7 +22,7 @@ import torch
 from ltx_ray import tempdirs
 from ltx_ray.config.resolution import bucket_size
 from ltx_ray.config.schema import JobConfig
-from ltx_ray.data.fetch import fetch
+from ltx_ray.fetch import fetch
 from ltx_ray.errors import ConfigError, DatasetError, Problem
 from ltx_ray.storage import is_local, local_path, upload
 from ltx_ray.sample.sampler import Conditioning, guidance_from_config, sample_av2av, target_shape
@@ -102,8 +102,8 @@ def prepare_reference(job: JobConfig, req: GenerateRequest, lora, workdir: Path)
     The same `fit_reference` as validation, so the reference is cut, resized,
     downscaled and subsampled (frames 0, 1, 1+k, ...) exactly as in training.
     """
-    from ltx_ray.data.ingest import fit_reference
-    from ltx_ray.data.media import has_audio, probe
+    from ltx_ray.clips.ingest import fit_reference
+    from ltx_ray.clips.media import has_audio, probe
 
     r = job.request
     video_path = fetch(req.reference_video, workdir, storage=job.storage)
@@ -152,13 +152,13 @@ def _check_scaling(job: JobConfig, name: str, lora) -> None:
 
 
 def _encode(job: JobConfig, scaled, req: GenerateRequest, device, dtype) -> Conditioning:
-    from ltx_ray.model.encode import encode_audio, encode_text, encode_video
+    from ltx_ray.model.vae import audio_to_latents, encode_text, video_to_latents
     from ltx_ray.model.loader import load_audio_encoder, load_text_encoder, load_video_encoder
 
     ckpt = job.model.checkpoint
-    video = encode_video(load_video_encoder(ckpt, dtype=dtype, device=device), torch.from_numpy(scaled.video)[None])
+    video = video_to_latents(load_video_encoder(ckpt, dtype=dtype, device=device), torch.from_numpy(scaled.video)[None])
     # The waveform stays float32 into the mel front end; only the encoder runs in `dtype`.
-    audio = encode_audio(load_audio_encoder(ckpt, dtype=dtype, device=device), torch.from_numpy(scaled.audio)[None])
+    audio = audio_to_latents(load_audio_encoder(ckpt, dtype=dtype, device=device), torch.from_numpy(scaled.audio)[None])
     text_encoder = load_text_encoder(job.model.text_encoder, ckpt, dtype=dtype, device=device)
     negative = req.negative_prompt if req.negative_prompt is not None else job.request.validation_negative_prompt
     pos, neg = encode_text(text_encoder, [req.prompt]), encode_text(text_encoder, [negative])
@@ -176,7 +176,7 @@ def _write(job: JobConfig, out: Path, video_lat, audio_lat, shown: np.ndarray | 
 
     The caller has dropped the transformer: its memory goes back to CUDA before the decoders load.
     """
-    from ltx_ray.data.media import encode_clip
+    from ltx_ray.clips.media import write_clip
     from ltx_ray.sample.preview import decode_clips, fit_audio_length, release_cached_memory
 
     release_cached_memory(device)
@@ -186,7 +186,7 @@ def _write(job: JobConfig, out: Path, video_lat, audio_lat, shown: np.ndarray | 
     if shown is not None:
         frames = np.concatenate([shown[: len(frames)], frames], axis=2)
     out.parent.mkdir(parents=True, exist_ok=True)
-    return encode_clip(out, frames, rate, audio, sample_rate)
+    return write_clip(out, frames, rate, audio, sample_rate)
 
 
 # Growable segments keep the caching allocator from fragmenting between the transformer's blocks and

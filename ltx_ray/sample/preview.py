@@ -24,8 +24,8 @@ from ltx_ray.config.resolution import (
     reference_size,
 )
 from ltx_ray.config.schema import JobConfig
-from ltx_ray.data.media import encode_clip
-from ltx_ray.model.encode import decode_audio, decode_video
+from ltx_ray.clips.media import write_clip
+from ltx_ray.model.vae import latents_to_audio, latents_to_video
 from ltx_ray.model.ltx23 import LTX23_22B_CONFIG
 from ltx_ray.sample.conditioning import load_validation_set
 from ltx_ray.sample.sampler import (
@@ -57,7 +57,7 @@ def write_reel(path: Path, clips: list[tuple[np.ndarray, np.ndarray, np.ndarray]
         frames = min(len(reference), len(generated))
         videos.append(np.concatenate([reference[:frames], generated[:frames]], axis=2))
         audios.append(fit_audio_length(audio, round(frames / frame_rate * sample_rate)))
-    return encode_clip(path, np.concatenate(videos), frame_rate, np.concatenate(audios, axis=1), sample_rate)
+    return write_clip(path, np.concatenate(videos), frame_rate, np.concatenate(audios, axis=1), sample_rate)
 
 
 class Previewer:
@@ -138,20 +138,20 @@ def decode_clips(checkpoint: str, latents: list[tuple[torch.Tensor, torch.Tensor
     """(frames uint8 `[F, H, W, 3]`, stereo waveform `[2, S]`) of each clip's latents, and the waveforms' rate.
 
     On a training GPU the decoders share the memory with the model: the video decoder is loaded,
-    decodes every clip tile by tile (`decode_video`), and is freed before the audio decoder and
+    decodes every clip tile by tile (`latents_to_video`), and is freed before the audio decoder and
     vocoder are loaded; those are freed before returning, and on CUDA the cache goes back too.
     """
     from ltx_ray.model.loader import load_audio_decoder, load_video_decoder, load_vocoder
 
     video_decoder = load_video_decoder(checkpoint, dtype=dtype, device=device)
-    frames = [decode_video(video_decoder, video)[0].cpu().numpy() for video, _ in latents]
+    frames = [latents_to_video(video_decoder, video)[0].cpu().numpy() for video, _ in latents]
     del video_decoder
     release_cached_memory(device)
     audio_decoder = load_audio_decoder(checkpoint, dtype=dtype, device=device)
     vocoder = load_vocoder(checkpoint, dtype=torch.float32, device=device)
     waveforms, sample_rate = [], 16000
     for _, audio in latents:
-        waveform, sample_rate = decode_audio(audio_decoder, vocoder, audio)
+        waveform, sample_rate = latents_to_audio(audio_decoder, vocoder, audio)
         waveforms.append(waveform[0].float().cpu().numpy())
     del audio_decoder, vocoder
     release_cached_memory(device)

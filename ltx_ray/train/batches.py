@@ -1,7 +1,7 @@
 """Batches for each optimizer step, from the cached latents.
 
 Every worker reads the whole (small) latent dataset once (from its Ray Data
-shard: `ltx_ray.data.pipeline.UnpackLatents`), sorts it by pair name, and then draws batches from a permutation per
+shard: `ltx_ray.latents.pipeline.UnpackLatents`), sorts it by pair name, and then draws batches from a permutation per
 epoch seeded by (seed, epoch). A step trains on `global_batch_size` samples
 whatever the world size: the sample at each place of the global batch, and the
 noise it gets, are pure functions of (seed, step, place), never of rank or
@@ -18,7 +18,7 @@ from typing import Iterable
 
 import torch
 
-from ltx_ray.data.cache import LATENT_TENSORS
+from ltx_ray.latents.cache import LATENT_TENSORS
 
 
 def load_samples(batches: Iterable[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:

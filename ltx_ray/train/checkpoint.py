@@ -6,7 +6,7 @@ Layout in the run's storage folder (`<storage_path>/<run>/checkpoints/`):
       train_state.safetensors   LoRA fp32 weights, AdamW moments and counters, LR-scheduler state
                                 (`train.train_state`: loads on any world size and either ZeRO stage)
       lora.safetensors          the LoRA at this step, in LTX naming
-      trainer_state.json        step, data position, seed, global batch, the world size that wrote it
+      progress.json             step, data position, seed, global batch, the world size that wrote it
                                 and why (`interval`, `final`, `preemption`); the samples and noise
                                 of every step follow from (seed, step, place in the global batch)
       config.json               the redacted job config
@@ -52,7 +52,7 @@ CHECKPOINTS_DIR = "checkpoints"
 MANIFEST = "_MANIFEST.json"
 LAYOUT = "ltx-ray/checkpoint/1"
 LORA_FILE = "lora.safetensors"
-STATE_FILE = "trainer_state.json"
+STATE_FILE = "progress.json"
 CONFIG_FILE = "config.json"
 _STEP_DIR = re.compile(r"step_(\d+)")
 

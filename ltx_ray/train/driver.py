@@ -22,7 +22,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ltx_ray import lease, tempdirs
 from ltx_ray.config.load import run_name as derive_run_name
 from ltx_ray.config.schema import JobConfig
-from ltx_ray.data.pipeline import build_latent_cache, publish_debug_dataset
+from ltx_ray.latents.pipeline import build_latent_cache, publish_debug_dataset
 from ltx_ray.errors import Problem, StorageError
 from ltx_ray.estimate.preflight import gpu_memory, preflight
 from ltx_ray.ray_cluster import init_ray

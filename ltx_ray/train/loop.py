@@ -14,7 +14,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from ltx_ray.data.pipeline import UnpackLatents
+from ltx_ray.latents.pipeline import UnpackLatents
 from ltx_ray.errors import Problem
 from ltx_ray.train import batches
 from ltx_ray.train.trainer import RunSetup, Trainer
@@ -42,7 +42,7 @@ class RayWorkerContext:
         self._outcome = outcome
 
     def latent_samples(self) -> list[dict[str, Any]]:
-        """The whole cached latent set (`ltx_ray.data.cache`), read from this worker's dataset shard."""
+        """The whole cached latent set (`ltx_ray.latents.cache`), read from this worker's dataset shard."""
         return batches.load_samples(ray.train.get_dataset_shard("train").iter_torch_batches(
             batch_size=16, device="cpu", collate_fn=UnpackLatents()))
 

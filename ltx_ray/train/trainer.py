@@ -213,7 +213,7 @@ class Trainer:
         uri = self.setup.validation_file
         if not uri:
             return None
-        from ltx_ray.data.fetch import fetch
+        from ltx_ray.fetch import fetch
         from ltx_ray.sample.preview import Previewer
 
         local = fetch(uri, tempdirs.make("val"), storage=self.job.storage)

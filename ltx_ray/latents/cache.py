@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 3
 COMPLETE_MARKER = "_COMPLETE.json"
 REPORT_FILE = "report.json"
-# The tensors of a cached pair's `latents` blob (`ltx_ray.data.blobs`), by the names the batches use.
+# The tensors of a cached pair's `latents` blob (`ltx_ray.latents.blobs`), by the names the batches use.
 LATENT_TENSORS = ("ref_video", "video", "ref_audio", "audio", "video_context", "audio_context", "context_mask")
 
 

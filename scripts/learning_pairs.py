@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ltx_ray.data.media import encode_clip
+from ltx_ray.clips.media import write_clip
 
 SOURCE_SAMPLE_RATE = 44100
 CAPTION = "av_st9le style a bright square with sound"
@@ -122,9 +122,9 @@ def draw_contents(train: int, held_out: int, seed: int = 0) -> tuple[list[Conten
 def _write_pair(out_dir: Path, name: str, c: Content, frames: int, fps: float, width: int, height: int):
     """Write `name_start.mp4` (the reference) and `name_end.mp4` (its true target); return both paths."""
     seconds = frames / fps
-    start = encode_clip(out_dir / f"{name}_start.mp4", reference_video(c, frames, width, height), fps,
+    start = write_clip(out_dir / f"{name}_start.mp4", reference_video(c, frames, width, height), fps,
                         reference_sound(c, seconds), SOURCE_SAMPLE_RATE)
-    end = encode_clip(out_dir / f"{name}_end.mp4", target_video(c, frames, width, height), fps,
+    end = write_clip(out_dir / f"{name}_end.mp4", target_video(c, frames, width, height), fps,
                       target_sound(c, seconds), SOURCE_SAMPLE_RATE)
     return start, end
 

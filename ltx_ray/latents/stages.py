@@ -2,7 +2,7 @@
 
 1. `decode_stage` / `decode_fit` (CPU tasks, `map_batches`, a few pairs per task, one output
    block per pair): read the two clips of a pair out of the staged archive and fit them
-   (`ltx_ray.data.ingest.fit_pair`) straight into the blob that carries them on;
+   (`ltx_ray.clips.ingest.fit_pair`) straight into the blob that carries them on;
 2. `Encode` (an actor pool, one GPU per actor on GPU clusters): the video VAE encoder, audio
    VAE encoder and text encoder load once per actor and turn each pair into latents and
    caption embeddings, packed as the cache stores them (`LATENT_TENSORS`).
@@ -29,8 +29,8 @@ import ray.data
 
 from ltx_ray import tempdirs
 from ltx_ray.config.schema import JobConfig
-from ltx_ray.data.blobs import allocate_packed, pack_tensors, unpack_tensors
-from ltx_ray.data.cache import LATENT_TENSORS
+from ltx_ray.latents.blobs import allocate_packed, pack_tensors, unpack_tensors
+from ltx_ray.latents.cache import LATENT_TENSORS
 from ltx_ray.storage import join, resolve_filesystem, upload
 
 
@@ -121,7 +121,7 @@ def decode_fit(batch: dict[str, np.ndarray], request, storage, debug_uri: str = 
     reason) instead of a worker stack trace. With `request.debug_dataset`, each fitted
     pair is also zipped (mp4 + caption) to `debug_uri`.
     """
-    from ltx_ray.data.media import set_decode_threads
+    from ltx_ray.clips.media import set_decode_threads
 
     if ray.is_initialized():
         set_decode_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
@@ -131,8 +131,8 @@ def decode_fit(batch: dict[str, np.ndarray], request, storage, debug_uri: str = 
 
 
 def _decode_pair(pair: dict[str, Any], request, storage, debug_uri: str) -> pa.Table:
-    from ltx_ray.data.ingest import fit_pair, fitted_shapes, probe_pair, write_debug_archive
-    from ltx_ray.data.pairs import PairFiles
+    from ltx_ray.clips.ingest import fit_pair, fitted_shapes, probe_pair, write_debug_archive
+    from ltx_ray.clips.pairs import PairFiles
 
     name = pair["name"]
     _note_decode(name)
@@ -191,7 +191,7 @@ class Encode:
         from ltx_ray.model.loader import load_audio_encoder, load_text_encoder, load_video_encoder, precision_dtype
 
         self.device = torch.device("cuda" if use_gpu else "cpu")
-        torch.set_num_threads(1)  # one CPU per actor (`ltx_ray.data.pipeline`)
+        torch.set_num_threads(1)  # one CPU per actor (`ltx_ray.latents.pipeline`)
         self.dtype = precision_dtype(precision)
         checkpoint = model_cfg.checkpoint
         self.video_encoder = load_video_encoder(checkpoint, dtype=self.dtype, device=self.device)
@@ -217,14 +217,14 @@ class Encode:
         """A pair's fitted clips (`FittedPair` names) and caption as the cache's `LATENT_TENSORS`."""
         import torch
 
-        from ltx_ray.model.encode import encode_audio, encode_text, encode_video
+        from ltx_ray.model.vae import audio_to_latents, encode_text, video_to_latents
 
         with torch.inference_mode():
             def video(name: str):
-                return encode_video(self.video_encoder, clips[name][None].to(self.device))[0].cpu()
+                return video_to_latents(self.video_encoder, clips[name][None].to(self.device))[0].cpu()
 
             def audio(name: str):
-                return encode_audio(self.audio_encoder, clips[name][None])[0].cpu()  # float32 into the mel front end
+                return audio_to_latents(self.audio_encoder, clips[name][None])[0].cpu()  # float32 into the mel front end
 
             text = encode_text(self.text_encoder, [caption])
             return {"ref_video": video("reference_video"), "video": video("target_video"),

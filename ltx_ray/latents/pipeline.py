@@ -3,13 +3,13 @@
 In the order data flows:
 
 1. on the driver: fetch the archive, hash it, and look the cache key up
-   (`ltx_ray.data.cache`); on a hit nothing else runs. On a miss: extract, pair and
+   (`ltx_ray.latents.cache`); on a hit nothing else runs. On a miss: extract, pair and
    probe (cheap, and the 422-style errors belong before any cluster time), then stage
    the archive where every node can read it;
-2. the Ray Data stages (`ltx_ray.data.stages`): decode and fit each pair on CPU tasks,
+2. the Ray Data stages (`ltx_ray.latents.stages`): decode and fit each pair on CPU tasks,
    encode it on an actor pool;
 3. the writer: Parquet shards under this build's own writer prefix, the report
-   (`ltx_ray.data.report`) beside them, then the completion marker, last, which lists
+   (`ltx_ray.latents.report`) beside them, then the completion marker, last, which lists
    the shards with their checksums and so publishes the cache.
 """
 
@@ -32,11 +32,11 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from ltx_ray import lease, tempdirs
 from ltx_ray.config.load import redact_url, run_name as derive_run_name
 from ltx_ray.config.schema import JobConfig
-from ltx_ray.data import cache as latent_cache, report as run_report
-from ltx_ray.data.blobs import unpack_tensors
-from ltx_ray.data.cache import LATENT_TENSORS, LatentCache, cache_key, cache_uri, find_cache
-from ltx_ray.data.fetch import content_hash, fetch
-from ltx_ray.data.stages import LARGE_BUFFER_ENV, Encode, decode_stage
+from ltx_ray.latents import cache as latent_cache, report as run_report
+from ltx_ray.latents.blobs import unpack_tensors
+from ltx_ray.latents.cache import LATENT_TENSORS, LatentCache, cache_key, cache_uri, find_cache
+from ltx_ray.fetch import content_hash, fetch
+from ltx_ray.latents.stages import LARGE_BUFFER_ENV, Encode, decode_stage
 from ltx_ray.errors import DatasetError, Problem
 from ltx_ray.ray_cluster import init_ray
 from ltx_ray.storage import is_local, join, local_path, resolve_filesystem, storage_uri, upload
@@ -78,7 +78,7 @@ def build_latent_cache(job: JobConfig, run: str | None = None) -> LatentCache:
 
 def _plan(job: JobConfig, archive: Path, workdir: Path) -> tuple[list[dict], dict[str, Any]]:
     """Extract, pair and probe on the driver: one row per accepted pair, naming its archive members."""
-    from ltx_ray.data.ingest import manifest_from_archive
+    from ltx_ray.clips.ingest import manifest_from_archive
 
     manifest = manifest_from_archive(archive, job.request, workdir, label=redact_url(job.request.training_data_url))
     rows = [

@@ -8,10 +8,10 @@ from pathlib import Path
 import av
 import numpy as np
 
-from ltx_ray.data.media.audio import AUDIO_SAMPLE_RATE
+from ltx_ray.clips.media.audio import AUDIO_SAMPLE_RATE
 
 
-def encode_clip(
+def write_clip(
     path: Path,
     video: np.ndarray,
     frame_rate: float | Fraction,

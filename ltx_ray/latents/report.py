@@ -10,7 +10,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# The per-pair columns the stages add for the report (`ltx_ray.data.stages`).
+# The per-pair columns the stages add for the report (`ltx_ray.latents.stages`).
 COLUMNS = ["name", "error", "decoded_clips", "decode_seconds", "decode_rss_mb", "encode_seconds"]
 
 

@@ -27,9 +27,9 @@ import numpy as np
 from ltx_ray.config.load import redact_url
 from ltx_ray.config.resolution import bucket_size, reference_frames, reference_size
 from ltx_ray.config.schema import RequestConfig, StorageConfig
-from ltx_ray.data.archive import extract_archive
-from ltx_ray.data.fetch import content_hash, fetch
-from ltx_ray.data.media import (
+from ltx_ray.clips.archive import extract_archive
+from ltx_ray.fetch import content_hash, fetch
+from ltx_ray.clips.media import (
     AUDIO_CHANNELS,
     AUDIO_SAMPLE_RATE,
     ClipInfo,
@@ -37,11 +37,11 @@ from ltx_ray.data.media import (
     decode_audio,
     decode_video,
     downscale_video,
-    encode_clip,
+    write_clip,
     probe,
     subsample_frames,
 )
-from ltx_ray.data.pairs import PairFiles, match_pairs, read_caption
+from ltx_ray.clips.pairs import PairFiles, match_pairs, read_caption
 from ltx_ray.errors import DatasetError, Problem
 
 log = logging.getLogger(__name__)
@@ -437,7 +437,7 @@ def write_debug_archive(pairs: list[FittedPair], out_path: Path, request: Reques
                     ("_start", p.reference_video, p.reference_audio, ref_rate),
                     ("_end", p.target_video, p.target_audio, Fraction(p.frame_rate).limit_denominator(1001)),
                 ):
-                    clip = encode_clip(tmp / f"{p.name}{suffix}.mp4", video, rate, audio, p.sample_rate)
+                    clip = write_clip(tmp / f"{p.name}{suffix}.mp4", video, rate, audio, p.sample_rate)
                     zf.write(clip, clip.name)
                     clip.unlink()
                 zf.writestr(f"{p.name}.txt", p.caption + "\n")

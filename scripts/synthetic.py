@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ltx_ray.data.media import encode_clip
+from ltx_ray.clips.media import write_clip
 
 SOURCE_SAMPLE_RATE = 44100
 _COLOURS = {
@@ -109,9 +109,9 @@ def write_sample_dataset(
                 freq = 220.0 * 2 ** (i / 6)
                 ref = moving_square(frames, width, height, _COLOURS[colour_name], phase=0.7 * i)
                 name = f"sample{i + 1:02d}"
-                start = encode_clip(tmp / f"{name}_start.mp4", ref, fps, tone(freq, seconds), SOURCE_SAMPLE_RATE)
+                start = write_clip(tmp / f"{name}_start.mp4", ref, fps, tone(freq, seconds), SOURCE_SAMPLE_RATE)
                 sound = transform_sound(freq, seconds)
-                end = encode_clip(tmp / f"{name}_end.mp4", restyle(ref), fps, sound, SOURCE_SAMPLE_RATE)
+                end = write_clip(tmp / f"{name}_end.mp4", restyle(ref), fps, sound, SOURCE_SAMPLE_RATE)
                 for clip in (start, end):
                     zf.write(clip, clip.name)
                     clip.unlink()
@@ -121,7 +121,7 @@ def write_sample_dataset(
                     f"a pulsing {1.5 * freq:.0f} Hz tone\n",
                 )
         archive.with_suffix(".zip.part").replace(archive)
-        validation = encode_clip(
+        validation = write_clip(
             out_dir / "validation_ref.mp4",
             moving_square(frames, width, height, (250, 250, 250), phase=1.3),
             fps,

@@ -29,7 +29,7 @@ class TextContext:
     attention_mask: torch.Tensor
 
 
-def encode_video(encoder, frames: torch.Tensor) -> torch.Tensor:
+def video_to_latents(encoder, frames: torch.Tensor) -> torch.Tensor:
     """Frames uint8 `[B, F, H, W, 3]` (F % 8 == 1; H, W multiples of 32) to latents `[B, C, (F-1)/8+1, H/32, W/32]`.
 
     C is the checkpoint's latent channel count (128 for LTX-2.3, 16 for the tiny bundle).
@@ -54,8 +54,8 @@ def validation_tiling():
                         temporal_config=TemporalTilingConfig(tile_size_in_frames=48, tile_overlap_in_frames=24))
 
 
-def decode_video(decoder, latents: torch.Tensor, generator: torch.Generator | None = None,
-                 tiling=None) -> torch.Tensor:
+def latents_to_video(decoder, latents: torch.Tensor, generator: torch.Generator | None = None,
+                     tiling=None) -> torch.Tensor:
     """Latents `[B, C, f, h, w]` to frames uint8 `[B, 8(f-1)+1, 32h, 32w, 3]`.
 
     A clip larger than one tile of `tiling` (an ltx-core `TilingConfig`; None: `validation_tiling()`)
@@ -97,7 +97,7 @@ def _fits_one_tile(decoder, latents: torch.Tensor, tiling) -> bool:
             and (temporal is None or frames <= temporal.tile_size_in_frames // factors.time))
 
 
-def encode_audio(audio_encoder, waveform: torch.Tensor, sample_rate: int = AUDIO_SAMPLE_RATE) -> torch.Tensor:
+def audio_to_latents(audio_encoder, waveform: torch.Tensor, sample_rate: int = AUDIO_SAMPLE_RATE) -> torch.Tensor:
     """Stereo waveform float32 `[B, 2, S]` in [-1, 1] to audio latents `[B, C, T, M]` via ltx-core's mel front end.
 
     T = 25 latent frames per second of audio (16 kHz, mel hop 160, 4x); for
@@ -122,7 +122,7 @@ def encode_audio(audio_encoder, waveform: torch.Tensor, sample_rate: int = AUDIO
         return ltx_encode_audio(audio, audio_encoder)
 
 
-def decode_audio(audio_decoder, vocoder, latents: torch.Tensor) -> tuple[torch.Tensor, int]:
+def latents_to_audio(audio_decoder, vocoder, latents: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Audio latents `[B, C, T, M]` to (stereo waveform float32 `[B, 2, S]`, its sample rate)."""
     param = next(audio_decoder.parameters())
     audio_decoder.eval()

@@ -17,7 +17,7 @@ import av.filter
 import numpy as np
 
 from ltx_ray.errors import DatasetError, Problem
-from ltx_ray.data.media.probe import upright_turn
+from ltx_ray.clips.media.probe import upright_turn
 
 
 def fit_crop(src_w: int, src_h: int, dst_w: int, dst_h: int, sar: float = 1.0) -> tuple[int, int, int, int]:
