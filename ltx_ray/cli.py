@@ -26,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_)
         c.add_argument("config", help="YAML config file (e.g. conf/default.yaml)")
         c.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. request.rank=64")
+        if name == "validate":
+            c.add_argument("--explain", action="store_true",
+                           help="print every field as path=value, resolved, with its description and rule")
     e = sub.add_parser(
         "estimate",
         help="GPU memory per GPU of the config's run (training workers, rank 0's previews, an encoder actor), "
@@ -44,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         "generate",
         help="run a trained av2av IC-LoRA on a reference clip and write the generated mp4 (video + audio)",
         description="Frames, frame rate, resolution and aspect ratio come from the config's request.validation_* "
-                    "fields, steps and guidance from train.validation_*; override them as key=value.",
+                    "fields, steps and guidance from preview.*; override them as key=value.",
     )
     g.add_argument("config", help="YAML config file (the one the LoRA was trained with, or conf/default.yaml)")
     g.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. request.validation_number_of_frames=49")
@@ -75,12 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     # `kill`, `ray job stop` and a pod's termination send SIGTERM: exit through the `finally` blocks, so
     # temporary folders go and the run's lease is released.
     tempdirs.exit_cleanly_on_sigterm()
-    from ltx_ray.config import dump_yaml, load_config
+    from ltx_ray.config import dump_yaml, explain, load_config
 
     try:
         job, _warnings = load_config(args.config, args.overrides, training=args.command not in ("generate", "estimate"))
         if args.command == "validate":
-            sys.stdout.write(dump_yaml(job))
+            sys.stdout.write(explain(job) if args.explain else dump_yaml(job))
             return 0
         if args.command == "preprocess":
             from ltx_ray.latents.pipeline import run_preprocess

@@ -5,7 +5,7 @@ files stream to disk under a size cap, with retries and backoff on the
 failures that go away by themselves (timeouts, resets, 5xx, 429). Anything
 else (4xx, a host name that does not resolve) fails at once with a
 `DatasetError` naming the URL, before any cluster time is spent. A URL is only
-ever shown redacted (`config.load.redact_url`: no credentials, no query
+ever shown redacted (`config.display.redact_url`: no credentials, no query
 string); user-info in an http(s) URL is sent as HTTP basic auth, never as part
 of the host name.
 """
@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlparse
 
 import pyarrow.fs as pafs
 
-from ltx_ray.config.load import redact_url
+from ltx_ray.config.display import redact_url
 from ltx_ray.config.schema import StorageConfig
 from ltx_ray.errors import DatasetError, Problem
 from ltx_ray.storage import is_local, local_path, permanent_reason, resolve_filesystem, scheme_of

@@ -30,7 +30,8 @@ What it does (all through the product's own commands, nothing mocked):
 
 Last line: `gain_video=… gain_audio=… reference_use_video=… reference_use_audio=…`.
 Targets: every gain >= 2, every reference_use >= 1.5; the factor-1 run within
-20 minutes wall on 2 CPU cores. Work goes to `.cache/bench-learning/<tag>/`.
+10 minutes wall on a quiet 2-core machine (400 steps; more steps learn more).
+Work goes to `.cache/bench-learning/<tag>/`.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--aspect", default="1:1", help="1:1: low 512x512 stays a multiple of 32 when halved")
     p.add_argument("--train-pairs", type=int, default=32)
     p.add_argument("--held-out", type=int, default=4)
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=400)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--warmup", type=int, default=10)
@@ -98,7 +99,7 @@ def calibrated_bundle(out_dir: Path, seed: int, *, clips: int = 8, width: int = 
     from safetensors.torch import save_file
 
     import learning_pairs as lp
-    from ltx_ray.clips.ingest import fit_reference
+    from ltx_ray.clips.ingest import ReferenceFit, fit_reference
     from ltx_ray.clips.media import write_clip
     from ltx_ray.model.vae import audio_to_latents, video_to_latents
     from ltx_ray.model.loader import load_audio_encoder, load_video_encoder
@@ -114,7 +115,7 @@ def calibrated_bundle(out_dir: Path, seed: int, *, clips: int = 8, width: int = 
             for video, sound in ((lp.reference_video(c, n, width, height), lp.reference_sound(c, n / fps)),
                                  (lp.target_video(c, n, width, height), lp.target_sound(c, n / fps))):
                 clip = write_clip(Path(tmp) / "clip.mp4", video, fps, sound, lp.SOURCE_SAMPLE_RATE)
-                fit = fit_reference(clip, None, width=width, height=height, frames=frames, frame_rate=fps)
+                fit = fit_reference(clip, None, ReferenceFit(width, height, frames, fps))
                 videos.append(video_to_latents(video_enc, torch.from_numpy(fit.video)[None]).float())
                 audios.append(audio_enc.patchifier.patchify(
                     audio_to_latents(audio_enc, torch.from_numpy(fit.audio)[None]).float()))
@@ -200,8 +201,8 @@ def main() -> int:
         f"request.validation_resolution={a.resolution}", f"request.validation_aspect_ratio={a.aspect}",
         f"model.lora_include_feed_forward={str(a.feed_forward).lower()}",
         f"cluster.num_workers={a.workers}",
-        f"train.warmup_steps={a.warmup}", f"train.lr_scheduler={a.scheduler}",
-        f"train.checkpoint_every={a.steps}", f"train.validation_every={a.steps}",
+        f"optimizer.warmup_steps={a.warmup}", f"optimizer.lr_scheduler={a.scheduler}",
+        f"checkpoint.every={a.steps}", f"preview.every={a.steps}",
         f"storage.storage_path={work / 'runs'}", f"storage.run_name=bench-{tag}",
         "tracking.mode=disabled",
     ]
@@ -227,10 +228,10 @@ def main() -> int:
     # ---- 3. generate --------------------------------------------------------------------------
     t0 = time.perf_counter()
     guidance = [
-        "train.validation_video_cfg_scale=1", "train.validation_audio_cfg_scale=1", "request.stg_scale=0",
-        "train.validation_video_modality_scale=1", "train.validation_audio_modality_scale=1",
-        "train.validation_guidance_rescale=0",
-        f"train.validation_inference_steps={a.inference_steps}",
+        "preview.video_cfg_scale=1", "preview.audio_cfg_scale=1", "request.stg_scale=0",
+        "preview.video_modality_scale=1", "preview.audio_modality_scale=1",
+        "preview.guidance_rescale=0",
+        f"preview.inference_steps={a.inference_steps}",
     ]
     gen_overrides = common + [
         f"request.validation_number_of_frames={frames}", f"request.validation_frame_rate={a.fps}",
@@ -267,7 +268,7 @@ def main() -> int:
     import torch
     from safetensors.torch import load_file
 
-    from ltx_ray.clips.ingest import fit_reference
+    from ltx_ray.clips.ingest import ReferenceFit, fit_reference
     from ltx_ray.model.vae import audio_to_latents, video_to_latents
     from ltx_ray.model.loader import load_audio_encoder, load_video_encoder
 
@@ -275,7 +276,7 @@ def main() -> int:
     audio_enc = load_audio_encoder(checkpoint, dtype=torch.float32)
     targets, outs = [], {"lora": [], "base": []}
     for pair in data.held_out:
-        fitted = fit_reference(pair.target, None, width=width, height=height, frames=frames, frame_rate=a.fps)
+        fitted = fit_reference(pair.target, None, ReferenceFit(width, height, frames, a.fps))
         targets.append({
             "video": video_to_latents(video_enc, torch.from_numpy(fitted.video)[None]).float(),
             "audio": audio_to_latents(audio_enc, torch.from_numpy(fitted.audio)[None]).float(),
@@ -316,6 +317,7 @@ def main() -> int:
     line = " ".join(f"{k}={results[k]:.2f}" for k in
                     ("gain_video", "gain_audio", "reference_use_video", "reference_use_audio"))
     print(line)
+    print(f"wall time: {time.perf_counter() - t_all:.0f} s")
     return 0
 
 

@@ -1,15 +1,16 @@
 #!/usr/bin/env python
 """Benchmark the Ray Data preprocessing: decode scaling with 1 vs 2 workers, stage shares, worker memory.
 
-    python scripts/bench_preprocess.py [--pairs 40] [--copies 3] [--rounds 5]
+    python scripts/bench_preprocess.py [--pairs 20] [--copies 2] [--rounds 3] [--small 5]
 
 Clips are decoded at the spec's defaults (89 frames at 24 fps, `medium` 1:1,
 i.e. 768x768) from 4-second 1280x720 30 fps sources. Everything is measured
-side by side in one run on a local Ray instance (2 CPUs):
+side by side in one run on a local Ray instance of its own (2 CPUs; `address="local"`: never
+one already running on this machine):
 1. the decode/fit stage alone (`stages.decode_stage`, the product's stage;
    its output blocks read by reference and dropped) over the same archive with
-   1 and with 2 decode workers. That archive holds the 40 written pairs 3 times
-   over under new names (120 pairs; each is read and decoded from its own zip
+   1 and with 2 decode workers. That archive holds the 20 written pairs twice
+   over under new names (40 pairs; each is read and decoded from its own zip
    members like any other): Ray Data 2.60 starts every execution with a second
    in which it runs one task only (its resource limits are zero until its
    autoscaling coordinator first answers), and a long archive keeps that fixed
@@ -21,8 +22,8 @@ side by side in one run on a local Ray instance (2 CPUs):
    2/1 ratio is the median of the rounds' ratios (this machine is shared and
    noisy; pairing the runs within a round cancels slow drifts, the median
    discards a disturbed round); every round is printed;
-2. the whole pipeline (decode -> encode -> Parquet) once on a few pairs, with
-   the share of worker time per stage;
+2. the whole pipeline (decode -> encode -> Parquet), with the share of worker
+   time per stage, read from section 3's pipeline runs (its first round);
 3. against the way peers preprocess (the official trainer: one process, clip
    after clip): the same `--compare` pairs through the product's whole Ray Data
    pipeline (`pipeline._run_pipeline`, set for 2 cores: 1 decode worker and 2
@@ -37,9 +38,11 @@ side by side in one run on a local Ray instance (2 CPUs):
    by encoding on the same cores, and overlap can win at most decoding's share;
    the pipeline's gain is on a cluster, where encoder actors hold their own
    GPUs and decode workers their own CPUs;
-4. the peak resident memory of a decode worker over a 10-pair and the 40-pair
+4. the peak resident memory of a decode worker over a 5-pair and the 20-pair
    archive (fresh workers each time), and their ratio.
-Last line: `scaling_2v1=<ratio> pipeline_vs_sequential=<ratio> rss_40v10=<ratio>`.
+Then `scaling_2v1=<ratio> pipeline_vs_sequential=<ratio> rss_20v5=<ratio>` (the pair counts are the
+run's); the last line is the benchmark's wall time. The defaults keep it within 10 minutes on a quiet
+2-core machine.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ import ray  # noqa: E402
 
 from ltx_ray.config import load_config  # noqa: E402
 from ltx_ray.latents import pipeline, stages  # noqa: E402
+from ltx_ray.run_store import RunStore  # noqa: E402
 from synthetic import write_sample_dataset  # noqa: E402
 from ltx_ray.model.tiny import write_tiny_bundle  # noqa: E402
 
@@ -142,7 +146,7 @@ def _sequential(job, rows: list[dict], out: Path) -> float:
 def _pipeline_vs_sequential(archive: Path, bundle, tmp: Path, pairs: int, rounds: int) -> float:
     """Median over `rounds` of (sequential loop seconds) / (Ray Data pipeline seconds) on `pairs` pairs."""
     ray.shutdown()
-    ray.init(num_cpus=3, logging_level="ERROR")
+    ray.init(address="local", num_cpus=3, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
     job = _job(archive, bundle, tmp / "runs", 1)
     job.cluster.encode_actors = 2
@@ -150,15 +154,27 @@ def _pipeline_vs_sequential(archive: Path, bundle, tmp: Path, pairs: int, rounds
     ratios = []
     for r in range(rounds):
         t0 = time.perf_counter()
-        cache = pipeline._run_pipeline(job, "bench", f"compare{r}", rows, {})
+        cache = pipeline._run_pipeline(job, RunStore(job.storage, "bench"), f"compare{r}", rows, {})
         piped = time.perf_counter() - t0
         assert cache.report["pairs_out"] == len(rows), cache.report
         looped = _sequential(job, rows, tmp / f"sequential{r}")
         ratios.append(looped / piped)
+        if r == 0:
+            _print_stage_shares(cache.report, len(rows))
         print(f"round {r + 1}, {len(rows)} pairs decoded, encoded and written: Ray Data pipeline {piped:.1f} s, "
               f"sequential loop {looped:.1f} s, ratio {ratios[-1]:.2f}", flush=True)
     ray.shutdown()
     return statistics.median(ratios)
+
+
+def _print_stage_shares(report: dict, pairs: int) -> None:
+    decode_s = report["stages"]["decode_fit"]["task_seconds"]
+    encode_s = report["stages"]["encode"]["actor_seconds"]
+    print(
+        f"whole pipeline, {pairs} pairs: {report['seconds']:.1f} s wall; worker time: decode/fit {decode_s:.1f} s "
+        f"({decode_s / (decode_s + encode_s):.0%}), encode {encode_s:.1f} s ({encode_s / (decode_s + encode_s):.0%})",
+        flush=True,
+    )
 
 
 def _clips(root: Path, pairs: int):
@@ -167,29 +183,32 @@ def _clips(root: Path, pairs: int):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=40, help="pairs in the larger archive (default 40)")
-    parser.add_argument("--copies", type=int, default=3, help="copies of the larger archive timed for scaling (default 3)")
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds, each 1 then 2 workers (default 5)")
-    parser.add_argument("--compare", type=int, default=16, help="pairs timed through pipeline and loop (default 16)")
-    parser.add_argument("--compare-rounds", type=int, default=3, help="rounds of pipeline vs loop (default 3)")
+    parser.add_argument("--pairs", type=int, default=20, help="pairs in the larger archive (default 20)")
+    parser.add_argument("--copies", type=int, default=2, help="copies of the larger archive timed for scaling (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds, each 1 then 2 workers (default 3)")
+    parser.add_argument("--compare", type=int, default=2, help="pairs timed through pipeline and loop (default 2)")
+    parser.add_argument("--compare-rounds", type=int, default=2, help="rounds of pipeline vs loop (default 2)")
+    parser.add_argument("--small", type=int, default=5, help="pairs in the smaller archive, for memory (default 5)")
     parser.add_argument("--only-compare", action="store_true", help="only the pipeline-vs-sequential section")
     args = parser.parse_args()
+    started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="bench-prep-"))
     bundle = write_tiny_bundle(tmp / "bundle")
     if args.only_compare:
         archive = _clips(tmp / "compare", args.compare).archive
         versus = _pipeline_vs_sequential(archive, bundle, tmp, args.compare, args.compare_rounds)
         print(f"pipeline_vs_sequential={versus:.2f}")
+        print(f"wall time: {time.perf_counter() - started:.0f} s")
         return 0
-    archives = {n: _clips(tmp / f"data{n}", n).archive for n in (10, args.pairs)}
-    ray.init(num_cpus=2, logging_level="ERROR")
+    archives = {n: _clips(tmp / f"data{n}", n).archive for n in (args.small, args.pairs)}
+    ray.init(address="local", num_cpus=2, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
 
     scaling_archive = _copies(archives[args.pairs], args.copies, tmp / "scaling.zip")
     jobs = {n: _job(scaling_archive, bundle, tmp / "runs", n) for n in (1, 2)}
     rows = _plan(jobs[1], scaling_archive, tmp / "work")
     # Start both workers (imports) and page in their heaps and the object store.
-    _decode_only(jobs[2], rows[:24])
+    _decode_only(jobs[2], rows[:12])
     rates: dict[int, list[float]] = {1: [], 2: []}
     for r in range(args.rounds):
         for n in (1, 2):
@@ -202,31 +221,21 @@ def main() -> int:
     print(f"decode+fit, median of {args.rounds} rounds: 1 worker {statistics.median(rates[1]):.2f} clips/s, "
           f"2 workers {statistics.median(rates[2]):.2f} clips/s")
 
-    few = rows[: min(3, len(rows))]
-    cache = pipeline._run_pipeline(jobs[2], "bench", "full", few, {})
-    stages = cache.report["stages"]
-    decode_s = stages["decode_fit"]["task_seconds"]
-    encode_s = stages["encode"]["actor_seconds"]
-    wall = cache.report["seconds"]
-    print(
-        f"whole pipeline, {len(few)} pairs: {wall:.1f} s wall; worker time: decode/fit {decode_s:.1f} s "
-        f"({decode_s / (decode_s + encode_s):.0%}), encode {encode_s:.1f} s ({encode_s / (decode_s + encode_s):.0%})"
-    )
-
-
     versus = _pipeline_vs_sequential(archives[args.pairs], bundle, tmp, args.compare, args.compare_rounds)
 
     rss = {}
-    for n in (10, args.pairs):
+    for n in (args.small, args.pairs):
         job = _job(archives[n], bundle, tmp / "runs", 1)
         # A fresh Ray instance: worker processes start empty, so their peak RSS is this archive's.
         ray.shutdown()
-        ray.init(num_cpus=2, logging_level="ERROR")
+        ray.init(address="local", num_cpus=2, logging_level="ERROR")
         ray.data.DataContext.get_current().enable_progress_bars = False
         _, rss[n] = _decode_only(job, _plan(job, archives[n], tmp / f"work{n}"))
         print(f"peak decode-worker RSS, {n} pairs: {rss[n]:.0f} MiB")
     ray.shutdown()
-    print(f"scaling_2v1={scaling:.2f} pipeline_vs_sequential={versus:.2f} rss_40v10={rss[args.pairs] / rss[10]:.2f}")
+    print(f"scaling_2v1={scaling:.2f} pipeline_vs_sequential={versus:.2f} "
+          f"rss_{args.pairs}v{args.small}={rss[args.pairs] / rss[args.small]:.2f}")
+    print(f"wall time: {time.perf_counter() - started:.0f} s")
     return 0
 
 

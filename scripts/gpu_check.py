@@ -94,8 +94,8 @@ def _tiny_job(work: Path, checkpoint, gemma, reference, *, cpu: bool, stage: int
         f"request.validation=[{{prompt: 'av_st9le a moving square', reference_video_url: '{reference}'}}]",
         f"cluster.use_gpu={str(not cpu).lower()}", f"cluster.precision={'fp32' if cpu else 'bf16'}",
         f"cluster.zero_stage={stage}", f"cluster.num_workers={world}", "cluster.gradient_checkpointing=true",
-        f"storage.storage_path={work / 'runs'}", "tracking.mode=disabled", f"train.checkpoint_every={STEPS}",
-        f"train.validation_every={STEPS}", "train.validation_inference_steps=2"])
+        f"storage.storage_path={work / 'runs'}", "tracking.mode=disabled", f"checkpoint.every={STEPS}",
+        f"preview.every={STEPS}", "preview.inference_steps=2"])
     job.request.number_of_steps = STEPS  # the spec's 100-step minimum is for requests, not for this check
     return job
 
@@ -183,9 +183,9 @@ def _train_tiny(checks: Checks, ctx, work: Path, inputs: dict, stage: int, world
     from ltx_ray.model.vae import validation_tiling
     from ltx_ray.sample.sampler import guidance_from_config
     from ltx_ray.train import checkpoint as ckpt, train_state
-    from ltx_ray.model.loader import precision_dtype
+    from ltx_ray.model.av2av import precision_dtype
     from ltx_ray.train.engine import build_engine
-    from ltx_ray.train.outputs import lora_metadata, outputs_uri
+    from ltx_ray.run_store import RunStore
     from ltx_ray.train.trainer import RunSetup, Trainer
 
     job = _tiny_job(work, inputs["checkpoint"], inputs["gemma"], inputs["reference"], cpu=cpu, stage=stage,
@@ -193,7 +193,7 @@ def _train_tiny(checks: Checks, ctx, work: Path, inputs: dict, stage: int, world
     run = f"zero{stage}"
     estimated = estimate(job, alternatives=False, gpu_attention=not cpu).use("training worker").modelled
     trainer = Trainer(RunSetup(job=job, run_name=run, checkpoint_path=inputs["checkpoint"],
-                               wandb_dir=str(work / "wandb"), lora_metadata=lora_metadata(job),
+                               wandb_dir=str(work / "wandb"),
                                validation_file=str(work / "validation.safetensors"), estimated_bytes=estimated), ctx)
     trainer.train()
     torch.distributed.barrier()  # rank 0's checkpoint writer has finished uploading
@@ -207,16 +207,17 @@ def _train_tiny(checks: Checks, ctx, work: Path, inputs: dict, stage: int, world
                  f"{trainer.recomputed_blocks} block forwards recomputed in step 1")
     checks.check(f"{name} memory measured", h[0].memory_peak_gib > 0, f"{h[0].memory_peak_gib:.3f} GiB in step 1")
     # The checkpoint, loaded back into a fresh engine, gives back exactly the state it holds.
-    final = ckpt.latest(job, run)
+    store = RunStore(job.storage, run)
+    final = ckpt.latest(store)
     engine = build_engine(job, inputs["checkpoint"], world, ctx.device, precision_dtype(job.cluster.precision))
-    restored = ckpt.restore(engine, job, run, ctx.rank)
+    restored = ckpt.restore(engine, store, ctx.rank)
     tensors, _ = train_state.gather(engine)
     saved, _ = train_state.read(Path(final.uri.removeprefix("file://")))
     diff = max(float((tensors[k] - saved[k]).abs().max()) for k in saved)
     checks.check(f"{name} checkpoint round trip", final.step == STEPS and restored["step"] == STEPS and diff == 0.0,
                  f"step {final.step}, {len(saved)} tensors, max difference {diff}")
     passes = guidance_from_config(job, engine.module).passes
-    reel = Path(outputs_uri(job, run, f"validation_step_{STEPS:06d}.mp4").removeprefix("file://"))
+    reel = Path(store.output(f"validation_step_{STEPS:06d}.mp4").removeprefix("file://"))
     # The preview's clip is wider than one of the official validation's tiles: decoded tile by tile.
     width, height = bucket_size(job.request.validation_resolution, job.request.validation_aspect_ratio)
     tile = validation_tiling().spatial_config.tile_size_in_pixels
@@ -250,7 +251,7 @@ def _real_width(checks: Checks, ctx, inputs: dict, world: int, cpu: bool) -> Non
     from ltx_ray.estimate.architecture import builtin_architecture, read_architecture, training_shapes
     from ltx_ray.estimate.estimate import GIB, estimate
     from ltx_ray.estimate.memory import random_batch
-    from ltx_ray.model.loader import precision_dtype
+    from ltx_ray.model.av2av import precision_dtype
 
     if cpu:
         config, overrides = ROOT / "conf" / "demo.yaml", [f"model.checkpoint={inputs['checkpoint']}",
@@ -344,15 +345,13 @@ def _forward_inputs(engine, samples, job, device, dtype) -> dict:
     """The transformer's inputs of one training micro-batch (`video`, `audio`, no perturbations)."""
     import torch
 
+    from ltx_ray.model.av2av import ReferenceScaling
     from ltx_ray.model.objective import av2av_inputs
     from ltx_ray.train import batches
 
     batch = batches.collate(samples, [0], device, dtype)
-    r = job.request
     video, audio = av2av_inputs(batch, [torch.Generator(device=device).manual_seed(0)],
-                                reference_downscale_factor=r.reference_downscale_factor,
-                                reference_temporal_scale_factor=r.reference_temporal_scale_factor,
-                                frame_rate=float(r.frame_rate))
+                                ReferenceScaling.from_request(job.request))
     return {"video": video.modality, "audio": audio.modality, "perturbations": None}
 
 

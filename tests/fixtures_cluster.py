@@ -16,14 +16,10 @@ import pytest
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
-    """A running two-node Ray cluster; yields its address (ray.init is done).
-
-    Its workers inherit LTX_RAY_DECODE_LOG, so tests can count real decodes.
-    """
+    """A running two-node Ray cluster; yields its address (ray.init is done)."""
     import ray
     from ray.cluster_utils import Cluster
 
-    os.environ["LTX_RAY_DECODE_LOG"] = str(tmp_path_factory.mktemp("decodes") / "decodes.log")
     # Ray Train's preemption watcher (in the controller, which inherits the nodes' environment) polls
     # Ray Core's drain state every 5 s by default; the preemption test's run is shorter than that.
     os.environ["RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S"] = "0.5"

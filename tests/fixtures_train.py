@@ -6,13 +6,19 @@ import pytest
 
 from jobs import tiny_job
 
+# Enough for 4 checkpoints (every 10 steps, the newest 3 kept) and a preview at the last step; the loop's own
+# behaviours (resume, damaged checkpoints, storage faults) are tested without Ray, in test_trainer_faults.py.
+# 40 rather than fewer: the elastic run (test_train.py) compares its losses with these, and its just-in-time
+# checkpoint must land between two of its own interval checkpoints.
+REFERENCE_STEPS = 40
+
 
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory, tiny_bundle, sample_dataset, ray_cluster):
-    """An uninterrupted ZeRO-2 run in a local folder: (job, result JSON, storage root)."""
+    """An uninterrupted ZeRO-2 run of REFERENCE_STEPS steps in a local folder: (job, result JSON, storage root)."""
     from ltx_ray.train.driver import run_job
 
     runs = tmp_path_factory.mktemp("runs")
-    job = tiny_job(tiny_bundle, sample_dataset, str(runs), "reference", "train.checkpoint_every=25",
-                   validation=True)
+    job = tiny_job(tiny_bundle, sample_dataset, str(runs), "reference", "checkpoint.every=10",
+                   validation=True, steps=REFERENCE_STEPS)
     return job, run_job(job), runs

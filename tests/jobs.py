@@ -10,10 +10,17 @@ from ltx_ray.config import load_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_job(tiny_bundle, sample_dataset, storage_path: str, run_name: str, *overrides: str, validation: bool = False):
-    """conf/demo.yaml pointed at the session's tiny bundle and sample archive, in `storage_path`."""
+def tiny_job(tiny_bundle, sample_dataset, storage_path: str, run_name: str, *overrides: str, validation: bool = False,
+             steps: int | None = None):
+    """conf/demo.yaml pointed at the session's tiny bundle and sample archive, in `storage_path`.
+
+    `steps` replaces `request.number_of_steps` after loading: the spec's minimum (100) is for requests, and a
+    test of a run needs a few (the `ltx-ray` command, which loads its own config, cannot go below it).
+    """
     job, _ = load_config(ROOT / "conf" / "demo.yaml",
                          [*_tiny_items(tiny_bundle, sample_dataset, storage_path, run_name, validation), *overrides])
+    if steps is not None:
+        job.request.number_of_steps = steps
     return job
 
 
@@ -31,6 +38,10 @@ def _tiny_items(tiny_bundle, sample_dataset, storage_path: str, run_name: str, v
         f"model.text_encoder={tiny_bundle.gemma_dir}",
         f"storage.storage_path={storage_path}",
         f"storage.run_name={run_name}",
+        # One latent cache for the session, beside its sample archive (keyed by content, as a storage's cache is):
+        # the first run of each setting preprocesses, every later one finds it. Tests that watch a cache being
+        # built give their own (`storage.latent_cache_path=''`: `<storage_path>/latents`).
+        f"storage.latent_cache_path={Path(sample_dataset.archive).parent / 'latents'}",
         "cluster.resources_per_worker={CPU: 0.5}",
         "cluster.decode_workers=2",
         "tracking.mode=offline",

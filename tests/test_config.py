@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from ltx_ray.config import RESOLUTION_BUCKETS, dump_yaml, load_config, redact, run_name
-from ltx_ray.config.schema import DEFAULT_NEGATIVE_PROMPT
+from ltx_ray.config import RESOLUTION_BUCKETS, dump_yaml, explain, load_config, redact, run_name
+from ltx_ray.config.fields import descriptions
+from ltx_ray.config.schema import (DEFAULT_NEGATIVE_PROMPT, ClusterConfig, JobConfig, RequestConfig,
+                                   ValidationSample)
 from ltx_ray.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,11 +52,11 @@ def test_defaults_where_the_spec_is_silent_are_the_official_av2av_recipes():
     # torch AdamW (weight decay 0.01), clip 1.0, gradient checkpointing, bf16, checkpoints every
     # 250 steps keeping 3, validation every 100 steps with 30 inference steps.
     job = _load()[0]
-    t, c = job.train, job.cluster
-    assert (t.lr_scheduler, t.warmup_steps, t.weight_decay, t.max_grad_norm) == ("linear", 0, 0.01, 1.0)
+    o, c = job.optimizer, job.cluster
+    assert (o.lr_scheduler, o.warmup_steps, o.weight_decay, o.max_grad_norm) == ("linear", 0, 0.01, 1.0)
     assert (c.gradient_checkpointing, c.precision, c.micro_batch_size) == (True, "bf16", 1)
-    assert (t.checkpoint_every, t.num_checkpoints_to_keep) == (250, 3)
-    assert (t.validation_every, t.validation_inference_steps) == (100, 30)
+    assert (job.checkpoint.every, job.checkpoint.keep) == (250, 3)
+    assert (job.preview.every, job.preview.inference_steps) == (100, 30)
     assert job.model.lora_targets == ["attn1", "attn2", "audio_attn1", "audio_attn2",
                                       "audio_to_video_attn", "video_to_audio_attn"]
 
@@ -64,7 +68,7 @@ def test_linear_schedule_is_torchs_linear_lr_from_1_to_a_tenth_as_the_official_t
     from ltx_ray.train.deepspeed_config import lr_lambda
 
     steps = 100
-    job = _load(f"request.number_of_steps={steps}", f"train.warmup_steps={warmup}")[0]
+    job = _load(f"request.number_of_steps={steps}", f"optimizer.warmup_steps={warmup}")[0]
     fn = lr_lambda(job)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     official = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.1,
@@ -384,3 +388,90 @@ def test_validate_exits_2_on_an_impossible_worker_range():
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2
     assert "cluster.global_batch_size: 6 samples per step cannot be split evenly over 4 worker(s)" in out.stderr
+
+
+@pytest.mark.parametrize("override,where,message", [
+    ("request.learning_rate=2", "request.learning_rate", "must be in (0, 1], got 2.0"),
+    ("cluster.gpu_memory_gb=0", "cluster.gpu_memory_gb", "must be a positive number of GiB, got 0.0"),
+    ("storage.run_name=a/b", "storage.run_name", "may contain only letters, digits, '.', '_' and '-' (max 128)"),
+    ("storage.run_name=latents", "storage.run_name", "'latents' is the folder of the storage's latent cache: choose another name"),
+    ("cluster.num_workers=5000", "cluster.num_workers", "must be between 1 and 4096, got 5000"),
+    ("preview.every=0", "preview.every", "must be between 1 and 20000, got 0"),
+])
+def test_a_fields_own_rule_names_the_field_in_one_sentence(override, where, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [URL, override])
+    assert [(p.where, p.message) for p in info.value.problems] == [(where, message)]
+
+
+def test_check_changes_nothing_and_resolve_snaps_and_fills():
+    job = JobConfig(request=RequestConfig(training_data_url="https://example.com/a.zip", number_of_frames=100),
+                    cluster=ClusterConfig(num_workers=[4, 4], micro_batch_size=2))
+    before = copy.deepcopy(job)
+    assert job.check() == []
+    assert job == before
+    assert job.resolve() == ["request.number_of_frames: 100 is not of the form 8k+1; snapped down to 97"]
+    assert (job.request.number_of_frames, job.cluster.num_workers, job.cluster.global_batch_size) == (97, 4, 8)
+
+
+def _undescribed(cls: type, prefix: str = "") -> list[str]:
+    """The fields under `cls` without a description (a section: without a class docstring)."""
+    missing = []
+    for f in dataclasses.fields(cls):
+        section = f.default_factory if dataclasses.is_dataclass(f.default_factory) else None
+        if section is not None:
+            missing += [] if (section.__doc__ or "").strip() else [prefix + f.name]
+            missing += _undescribed(section, f"{prefix}{f.name}.")
+            continue
+        if not descriptions(cls).get(f.name):
+            missing.append(prefix + f.name)
+    return missing
+
+
+def test_every_field_has_a_description():
+    assert _undescribed(JobConfig) == []
+    assert _undescribed(ValidationSample, "request.validation[].") == []
+
+
+def test_a_field_without_a_docstring_counts_as_undescribed():
+    @dataclasses.dataclass
+    class Section:
+        """A section."""
+
+        described: int = 1
+        """What it is."""
+        bare: int = 2
+
+    assert _undescribed(Section) == ["bare"]
+
+
+def test_validate_explain_prints_each_field_with_its_resolved_value_and_description():
+    res = _cli("validate", "--explain", str(DEMO), "request.number_of_frames=12", "preview.every=7")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    frames = lines.index("request.number_of_frames=9")  # 12, snapped
+    assert lines[frames + 1] == ("    Frames per training clip, 8k+1 (other values are snapped down). "
+                                 "Must be between 9 and 121.")
+    every = lines.index("preview.every=7")
+    assert lines[every + 1].startswith("    Steps between previews")
+    assert "cluster.global_batch_size=2" in lines  # filled in: 1 x 1 x 2 workers
+    shown = {line.split("=", 1)[0] for line in lines if "=" in line and not line.startswith((" ", "#"))}
+    job, _ = load_config(DEMO)
+    assert shown == set(_leaf_paths(job))
+
+
+def _leaf_paths(obj, prefix=""):
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _leaf_paths(value, f"{prefix}{f.name}.")
+            continue
+        yield prefix + f.name
+        for i, item in enumerate(value if isinstance(value, list) else []):
+            if dataclasses.is_dataclass(item):
+                yield from _leaf_paths(item, f"{prefix}{f.name}[{i}].")
+
+
+def test_explain_never_prints_a_presigned_signature():
+    job, _ = load_config(None, ["request.training_data_url=https://h/d.zip?X-Amz-Signature=s3cr3t"])
+    assert "s3cr3t" not in explain(job) and "request.training_data_url=https://h/d.zip?<redacted>" in explain(job)

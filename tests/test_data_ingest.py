@@ -14,7 +14,9 @@ import pytest
 from fixtures_data import SMALL, TIME_GREY, dominant_hz, grey
 from ltx_ray.config.schema import RequestConfig, StorageConfig
 from ltx_ray.fetch import content_hash
-from ltx_ray.clips.ingest import ProbedPair, build_manifest, fit_pair, fit_reference, ingest, probe_pair
+from in_process_ingest import ingest
+from ltx_ray.clips.ingest import ProbedPair, ReferenceFit, build_manifest, fit_pair, fit_reference, probe_pair
+from ltx_ray.config.scaling import ReferenceScaling
 from ltx_ray.clips.media import probe
 from ltx_ray.errors import DatasetError
 
@@ -209,10 +211,8 @@ def test_fit_pair_fills_given_arrays_exactly_as_it_fits_new_ones(make_clip, fact
 
 
 def test_fit_reference_for_validation(sample_dataset):
-    clip = fit_reference(
-        sample_dataset.validation_ref,
-        width=512, height=288, frames=9, frame_rate=8, downscale_factor=2, temporal_factor=8,
-    )
+    fit = ReferenceFit(width=512, height=288, frames=9, frame_rate=8)
+    clip = fit_reference(sample_dataset.validation_ref, None, fit, ReferenceScaling(downscale=2, temporal=8, frame_rate=8))
     assert clip.video.shape == (2, 144, 256, 3) and clip.audio.shape == (2, 18000)
     assert dominant_hz(clip.audio) == pytest.approx(330, rel=0.02)
 
@@ -220,9 +220,9 @@ def test_fit_reference_for_validation(sample_dataset):
 def test_fit_reference_takes_a_separate_audio_file(make_clip):
     silent = make_clip(audio=None)
     with pytest.raises(DatasetError) as info:
-        fit_reference(silent, width=64, height=64, frames=9, frame_rate=8)
+        fit_reference(silent, None, ReferenceFit(width=64, height=64, frames=9, frame_rate=8))
     assert "no audio track" in str(info.value)
-    clip = fit_reference(silent, make_clip(freq=1000), width=64, height=64, frames=9, frame_rate=8)
+    clip = fit_reference(silent, make_clip(freq=1000), ReferenceFit(width=64, height=64, frames=9, frame_rate=8))
     assert dominant_hz(clip.audio) == pytest.approx(1000, rel=0.02)
 
 

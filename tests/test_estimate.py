@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from ltx_ray.estimate.preflight import fitting_settings, preflight
 from ltx_ray.estimate.tracker import StorageTracker
 from ltx_ray.estimate.zero_settings import zero_settings
 from ltx_ray.errors import ModelError
+from ltx_ray.model.av2av import LoraSettings, ReferenceScaling
 from ltx_ray.model.loader import read_checkpoint_config
 
 # A larger CPU-sized bundle in the same format: 4 blocks of 4 heads x 32 (128 wide), video and audio.
@@ -85,11 +87,12 @@ def test_audio_latent_frames_match_the_audio_encoder(tiny_bundle):
 def test_fake_step_peak_is_within_10_percent_of_the_same_step_run_for_real(which, gradient_checkpointing,
                                                                            tiny_bundle, larger_bundle):
     arch = read_architecture(tiny_bundle.checkpoint if which == "tiny" else larger_bundle)
-    shapes = step_shapes(arch, resolution="low", aspect_ratio="1:1", frames=9, frame_rate=8, downscale=2)
-    common = dict(lora_rank=8, dtype=torch.float32, gradient_checkpointing=gradient_checkpointing, downscale=2,
-                  frame_rate=8.0, gpu_attention=False)
-    real = memory.training_step(arch, shapes, fake=False, **common)  # real first: nothing fake cached yet
-    fake = memory.training_step(arch, shapes, fake=True, **common)
+    shapes = step_shapes(arch, resolution="low", aspect_ratio="1:1", frames=9,
+                         scaling=ReferenceScaling(downscale=2, frame_rate=8))
+    setup = memory.StepSetup(arch, shapes, LoraSettings(rank=8), torch.float32,
+                             gradient_checkpointing=gradient_checkpointing)
+    real = memory.training_step(setup, fake=False, gpu_attention=False)  # real first: nothing fake cached yet
+    fake = memory.training_step(setup, fake=True, gpu_attention=False)
     assert abs(fake.peak / real.peak - 1) <= 0.10, (fake.peak, real.peak)
     assert fake.trainable == real.trainable > 0
     assert fake.kinds["parameters"] == real.kinds["parameters"] > 0
@@ -104,19 +107,20 @@ def test_a_fake_step_leaves_no_fake_tensor_behind(tiny_bundle):
     from ltx_ray.model.objective import av2av_loss
 
     arch = read_architecture(tiny_bundle.checkpoint)
-    shapes = step_shapes(arch, resolution="low", aspect_ratio="1:1", frames=9, frame_rate=8)
-    memory.training_step(arch, shapes, lora_rank=8, fake=True)
-    model = memory.build_transformer(arch, dtype=torch.float32, lora_rank=8)
+    shapes = step_shapes(arch, resolution="low", aspect_ratio="1:1", frames=9, scaling=ReferenceScaling(frame_rate=8))
+    memory.training_step(memory.StepSetup(arch, shapes, LoraSettings(rank=8)), fake=True)
+    model = memory.build_transformer(arch, dtype=torch.float32, lora=LoraSettings(rank=8))
     loss, _ = av2av_loss(model, memory.random_batch(arch, shapes, 1, torch.float32), torch.Generator().manual_seed(0),
-                         frame_rate=8.0)
+                         shapes.scaling)
     assert type(loss) is torch.Tensor and not isinstance(loss, FakeTensor)
 
 
 def test_two_probe_depths_extend_to_the_full_depth_as_running_every_block_does(larger_bundle):
     arch = with_depth(read_architecture(larger_bundle), 12)
-    shapes = step_shapes(arch, resolution="low", aspect_ratio="1:1", frames=9, frame_rate=8)
+    shapes = step_shapes(arch, resolution="low", aspect_ratio="1:1", frames=9, scaling=ReferenceScaling(frame_rate=8))
     for checkpointing in (True, False):
-        run = lambda a: memory.training_step(a, shapes, lora_rank=8, gradient_checkpointing=checkpointing)  # noqa: E731
+        setup = memory.StepSetup(arch, shapes, LoraSettings(rank=8), gradient_checkpointing=checkpointing)
+        run = lambda a: memory.training_step(replace(setup, arch=a))  # noqa: E731
         extended, exact = at_depth(run, arch, 12), at_depth(run, arch, 12, exact=True)
         assert "extended to 12" in extended.notes[0]
         assert abs(extended.peak / exact.peak - 1) <= 0.02, (checkpointing, extended.kinds, exact.kinds)

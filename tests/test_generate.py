@@ -79,13 +79,13 @@ def test_reference_follows_the_loras_temporal_factor_the_official_way(reference_
                                                                       tmp_path):
     lora_path = _relabelled_lora(reference_run, tmp_path, "t2.safetensors",
                                  reference_temporal_scale_factor="2", reference_downscale_factor="2")
-    lora = check_ic_lora(lora_path, tiny_bundle.checkpoint)
-    assert (lora.reference_temporal_scale_factor, lora.reference_downscale_factor) == (2, 2)
+    scaling = check_ic_lora(lora_path, tiny_bundle.checkpoint).scaling(frame_rate=16)
+    assert (scaling.temporal, scaling.downscale) == (2, 2)
     job, _ = load_config(DEMO, [*_model_args(tiny_bundle), "request.validation_number_of_frames=17",
                                 "request.validation_frame_rate=16"], training=False)
     clip = make_clip(frames=32, fps=16)  # each frame's grey level is its time
     req = GenerateRequest(lora=str(lora_path), reference_video=str(clip), prompt="p", side_by_side=True)
-    scaled, shown = prepare_reference(job, req, lora, tmp_path)
+    scaled, shown = prepare_reference(job, req, scaling, tmp_path)
     assert shown.shape == (17, 288, 512, 3)
     assert scaled.video.shape == (9, 144, 256, 3)
     # Frames 0, 1, 3, 5, ... 15 of the 17: the VAE's first frame, then every 2nd from frame 1.
@@ -102,6 +102,28 @@ def test_generate_with_a_temporal_factor_2_lora_writes_the_requested_frames(refe
     frames, v_seconds, _, width, _, _ = _streams(out)
     assert (frames, width) == (17, 512)
     assert v_seconds == pytest.approx(17 / 16, abs=1e-3)
+
+
+def test_generate_writes_its_clip_with_the_previews_renderer(reference_run, tiny_bundle, sample_dataset, tmp_path,
+                                                             monkeypatch):
+    """`ltx-ray generate` renders through `ClipRenderer`, as the previews do (tests/test_preview_split.py)."""
+    from ltx_ray.sample.generate import generate
+    from ltx_ray.sample.render import ClipRenderer
+
+    written, write = [], ClipRenderer.write
+
+    def spy(self, path, latents, references=None):
+        written.append((path, len(latents), [r.shape for r in references]))
+        return write(self, path, latents, references)
+
+    monkeypatch.setattr(ClipRenderer, "write", spy)
+    monkeypatch.setenv("PYTORCH_ALLOC_CONF", "expandable_segments:True")  # what `generate` would set, undone after
+    job, _ = load_config(DEMO, _model_args(tiny_bundle), training=False)
+    out = tmp_path / "generated.mp4"
+    req = GenerateRequest(lora=reference_run[1]["lora_file"], reference_video=str(sample_dataset.validation_ref),
+                          prompt="av_st9le a moving square", out=str(out), side_by_side=True)
+    assert generate(job, req) == str(out)
+    assert written == [(out, 1, [(job.request.validation_number_of_frames, 288, 512, 3)])]
 
 
 def _refused(capsys, caplog, tiny_bundle, tmp_path, lora, reference, *extra: str) -> str:

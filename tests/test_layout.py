@@ -16,7 +16,7 @@ from jobs import ROOT
 # the model, sampling and sizing where they are first needed and the commands that wire it all last.
 STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("ltx_ray", "ltx_ray.errors", "ltx_ray.tempdirs", "ltx_ray.config", "ltx_ray.storage",
-                    "ltx_ray.fetch", "ltx_ray.lease", "ltx_ray.ray_cluster")),
+                    "ltx_ray.fetch", "ltx_ray.run_store", "ltx_ray.lease", "ltx_ray.ray_cluster")),
     ("archive", ("ltx_ray.clips.archive",)),
     ("pairs", ("ltx_ray.clips.pairs",)),
     ("clips", ("ltx_ray.clips",)),

@@ -6,11 +6,11 @@ from safetensors import safe_open
 
 from ltx_ray.model import loader
 from ltx_ray.model.lora import (
+    LoraMetadata,
     apply_lora,
-    lora_metadata,
+    export_lora,
     lora_state_dict,
     read_lora_metadata,
-    save_lora_file,
 )
 from ltx_ray.model.objective import av2av_inputs
 
@@ -40,9 +40,9 @@ def trained_lora(tiny_bundle):
     return model.eval()
 
 
-def _metadata():
-    return lora_metadata(rank=8, trigger_phrase="av_st9le", reference_downscale_factor=2,
-                         reference_temporal_scale_factor=1, base_model="ltx-2.3-tiny")
+def _metadata() -> LoraMetadata:
+    return LoraMetadata(rank=8, trigger_phrase="av_st9le", reference_downscale_factor=2,
+                        reference_temporal_scale_factor=1, base_model="ltx-2.3-tiny")
 
 
 def _lora_layers(model) -> set[str]:
@@ -72,7 +72,7 @@ def test_lora_targets_can_narrow_the_default(tiny_bundle):
 
 
 def test_lora_file_has_ltx_keys_in_bf16(trained_lora, tmp_path):
-    path = save_lora_file(lora_state_dict(trained_lora), tmp_path / "lora.safetensors", _metadata())
+    path = export_lora(lora_state_dict(trained_lora), tmp_path / "lora.safetensors", _metadata())
     with safe_open(str(path), framework="pt") as f:
         keys = list(f.keys())
         assert {f.get_tensor(k).dtype for k in keys} == {torch.bfloat16}
@@ -83,9 +83,9 @@ def test_lora_file_has_ltx_keys_in_bf16(trained_lora, tmp_path):
 
 
 def test_lora_metadata_round_trips(trained_lora, tmp_path):
-    path = save_lora_file(lora_state_dict(trained_lora), tmp_path / "lora.safetensors", _metadata())
+    path = export_lora(lora_state_dict(trained_lora), tmp_path / "lora.safetensors", _metadata())
     meta = read_lora_metadata(path)
-    assert meta == _metadata()
+    assert meta == _metadata().strings()
     assert meta["training_type"] == "av2av_ic_lora" and meta["rank"] == meta["alpha"] == "8"
     assert meta["reference_downscale_factor"] == "2" and meta["trigger_phrase"] == "av_st9le"
 
@@ -93,7 +93,7 @@ def test_lora_metadata_round_trips(trained_lora, tmp_path):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_lora_file_fused_by_ltx_core_matches_the_peft_model(trained_lora, tiny_bundle, tmp_path, dtype):
     """`load_transformer(lora=...)` (ltx-core's own LoRA fusion, as `ltx-ray generate` uses it) in either dtype."""
-    path = save_lora_file(lora_state_dict(trained_lora), tmp_path / "lora.safetensors", _metadata())
+    path = export_lora(lora_state_dict(trained_lora), tmp_path / "lora.safetensors", _metadata())
     fused = loader.load_transformer(tiny_bundle.checkpoint, dtype=dtype, lora=(path, 1.0)).eval()
     assert {p.dtype for p in fused.parameters()} == {dtype}
     base = loader.load_transformer(tiny_bundle.checkpoint).eval()
@@ -111,7 +111,7 @@ def test_lora_file_fused_by_ltx_core_matches_the_peft_model(trained_lora, tiny_b
 
 
 def test_lora_strength_scales_the_fused_delta(trained_lora, tiny_bundle, tmp_path):
-    path = save_lora_file(lora_state_dict(trained_lora), tmp_path / "lora.safetensors", _metadata())
+    path = export_lora(lora_state_dict(trained_lora), tmp_path / "lora.safetensors", _metadata())
     base = loader.load_transformer(tiny_bundle.checkpoint)
     half = loader.load_transformer(tiny_bundle.checkpoint, lora=(path, 0.5))
     full = loader.load_transformer(tiny_bundle.checkpoint, lora=(path, 1.0))

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import zipfile
 from pathlib import Path
 
@@ -17,24 +18,24 @@ from jobs import ROOT, s3_overrides, tiny_job
 from ltx_ray.latents import blobs, cache as latent_cache, pipeline, stages
 from ltx_ray.latents.cache import COMPLETE_MARKER, REPORT_FILE, find_cache
 from ltx_ray.latents.pipeline import build_latent_cache
-from ltx_ray.latents.pipeline import UnpackLatents
-from ltx_ray.train.batches import load_samples
+from ltx_ray.latents.reader import LatentIndex, LatentReader
+from ltx_ray.run_store import RunStore
 
 
-@pytest.fixture
-def decode_log(ray_cluster):
-    """The file the decode stage appends each decoded pair to (set in the workers' environment)."""
-    path = Path(os.environ["LTX_RAY_DECODE_LOG"])
-    path.write_text("")
-    return path
+def _decoded(*caches) -> int:
+    """The pairs these `build_latent_cache` calls decoded: a hit decodes none, a build every pair of its plan
+    (the stages' own per-pair rows, summed in the report)."""
+    return sum(c.report["pairs_in"] for c in caches if not c.hit)
 
 
-def _decodes(path: Path) -> int:
-    return len([line for line in path.read_text().splitlines() if line])
+def _own_cache_job(tiny_bundle, sample_dataset, storage_path: str, run_name: str, *overrides: str):
+    """`jobs.tiny_job` with a latent cache of its own, in the default place (`<storage_path>/latents`), not the
+    session's warm one: these tests watch a cache being built."""
+    return tiny_job(tiny_bundle, sample_dataset, storage_path, run_name, "storage.latent_cache_path=''", *overrides)
 
 
-def test_preprocess_builds_a_complete_cache_in_a_local_folder(tmp_path, tiny_bundle, sample_dataset, decode_log):
-    job = tiny_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-local")
+def test_preprocess_builds_a_complete_cache_in_a_local_folder(tmp_path, tiny_bundle, sample_dataset, ray_cluster):
+    job = _own_cache_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-local")
     cache = build_latent_cache(job)
     root = Path(cache.uri)
     assert not cache.hit
@@ -44,57 +45,57 @@ def test_preprocess_builds_a_complete_cache_in_a_local_folder(tmp_path, tiny_bun
     assert marker["writer"] == cache.writer and [s["path"] for s in marker["shards"]] == cache.shards
     assert all((root / s["path"]).stat().st_size == s["size"] and len(s["sha256"]) == 64 for s in marker["shards"])
     assert cache.report["pairs_in"] == cache.report["pairs_out"] == 3
-    assert _decodes(decode_log) == 3
-    samples = load_samples(cache.dataset().iter_torch_batches(batch_size=8, collate_fn=UnpackLatents()))
+    assert _decoded(cache) == 3
+    samples = list(LatentReader(LatentIndex.read(cache.uri, job.storage), job.storage))
     assert [s["index"] for s in samples] == [0, 1, 2]
     # 9 frames at 512x288 -> 2 latent frames of 9x16; the reference is the same size (factor 1).
     assert samples[0]["video"].shape[1:] == (2, 9, 16)
     assert samples[0]["ref_video"].shape == samples[0]["video"].shape
 
 
-def test_second_run_hits_the_cache_without_decoding(tmp_path, tiny_bundle, sample_dataset, decode_log):
-    job = tiny_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-hit")
+def test_second_run_hits_the_cache_without_decoding(tmp_path, tiny_bundle, sample_dataset, ray_cluster):
+    job = _own_cache_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-hit")
     first = build_latent_cache(job)
-    decoded = _decodes(decode_log)
     second = build_latent_cache(job)
     assert second.hit and second.uri == first.uri
-    assert _decodes(decode_log) == decoded == 3
+    assert _decoded(first) == 3 and _decoded(second) == 0
 
 
-def test_changed_parameter_misses_the_cache(tmp_path, tiny_bundle, sample_dataset, decode_log):
+def test_changed_parameter_misses_the_cache(tmp_path, tiny_bundle, sample_dataset, ray_cluster):
     runs = str(tmp_path / "runs")
-    first = build_latent_cache(tiny_job(tiny_bundle, sample_dataset, runs, "prep-miss"))
-    changed = build_latent_cache(tiny_job(tiny_bundle, sample_dataset, runs, "prep-miss", "request.audio_normalize=false"))
+    first = build_latent_cache(_own_cache_job(tiny_bundle, sample_dataset, runs, "prep-miss"))
+    changed = build_latent_cache(_own_cache_job(tiny_bundle, sample_dataset, runs, "prep-miss",
+                                                "request.audio_normalize=false"))
     assert not changed.hit and changed.key != first.key
-    assert _decodes(decode_log) == 6
+    assert _decoded(first, changed) == 6
 
 
-def test_interrupted_write_leaves_no_complete_looking_cache(tmp_path, tiny_bundle, sample_dataset, decode_log,
+def test_interrupted_write_leaves_no_complete_looking_cache(tmp_path, tiny_bundle, sample_dataset, ray_cluster,
                                                            monkeypatch):
-    job = tiny_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-crash")
+    job = _own_cache_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-crash")
     real_write = latent_cache._write_json
 
-    def crash_before_marker(fs, path, data, job):
-        if path.endswith(COMPLETE_MARKER):
+    def crash_before_marker(store, uri, data):
+        if uri.endswith(COMPLETE_MARKER):
             raise KeyboardInterrupt("driver stopped after the shards, before the marker")
-        real_write(fs, path, data, job)
+        real_write(store, uri, data)
 
     monkeypatch.setattr(latent_cache, "_write_json", crash_before_marker)
     with pytest.raises(KeyboardInterrupt):
         build_latent_cache(job)
     monkeypatch.setattr(latent_cache, "_write_json", real_write)
-    partial = next((tmp_path / "runs" / "prep-crash" / "latents").iterdir())
-    (write,) = partial.iterdir()
+    partial = next((tmp_path / "runs" / "latents").iterdir())
+    (write,) = partial.iterdir()  # the build's lease was released on the way out
     assert (write / "shards").is_dir() and not (partial / COMPLETE_MARKER).exists()
 
-    assert find_cache(job, "prep-crash", partial.name) is None
-    assert not write.exists()  # the incomplete write was removed
+    assert find_cache(RunStore(job.storage, "prep-crash"), partial.name) is None
     rebuilt = build_latent_cache(job)
     assert not rebuilt.hit and (Path(rebuilt.uri) / COMPLETE_MARKER).is_file()
-    assert _decodes(decode_log) == 6
+    assert not write.exists()  # the incomplete write was removed by the next build
+    assert _decoded(rebuilt) == 3
 
 
-def test_pair_that_fails_in_the_pipeline_is_reported_by_name(tmp_path, tiny_bundle, sample_dataset, decode_log):
+def test_pair_that_fails_in_the_pipeline_is_reported_by_name(tmp_path, tiny_bundle, sample_dataset, ray_cluster):
     # An archive whose extra, unpaired "broken.mp4" is not a video: pairing ignores it,
     # then one pair is pointed at it, as if its clip were found corrupt while decoding.
     archive = tmp_path / "with_broken.zip"
@@ -102,7 +103,7 @@ def test_pair_that_fails_in_the_pipeline_is_reported_by_name(tmp_path, tiny_bund
         for item in src.infolist():
             dst.writestr(item, src.read(item))
         dst.writestr("broken.mp4", b"\x00\x00\x00\x18ftypmp42" + os.urandom(4096))
-    job = tiny_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-corrupt",
+    job = _own_cache_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-corrupt",
                    f"request.training_data_url={archive}")
     rows, report = pipeline._plan(job, archive, tmp_path / "work")
     for row in rows:
@@ -110,30 +111,30 @@ def test_pair_that_fails_in_the_pipeline_is_reported_by_name(tmp_path, tiny_bund
     broken = rows[1]["name"]
     rows[1]["end_member"] = "broken.mp4"
 
-    cache = pipeline._run_pipeline(job, "prep-corrupt", "k", rows, report)
+    cache = pipeline._run_pipeline(job, RunStore(job.storage, "prep-corrupt"), "k", rows, report)
     assert cache.report["pairs_out"] == 2
     assert [f["name"] for f in cache.report["failed"]] == [broken]
     assert "Error" in cache.report["failed"][0]["reason"]
-    assert cache.dataset().count() == 2
+    assert len(LatentIndex.read(cache.uri, job.storage)) == 2
 
 
-def test_preprocess_into_an_s3_bucket(tmp_path, tiny_bundle, sample_dataset, decode_log, s3_server, s3_bucket):
-    job = tiny_job(tiny_bundle, sample_dataset, f"s3://{s3_bucket}/runs", "prep-s3", *s3_overrides(s3_server))
+def test_preprocess_into_an_s3_bucket(tmp_path, tiny_bundle, sample_dataset, ray_cluster, s3_server, s3_bucket):
+    job = _own_cache_job(tiny_bundle, sample_dataset, f"s3://{s3_bucket}/runs", "prep-s3", *s3_overrides(s3_server))
     cache = build_latent_cache(job)
     keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_server).list_objects_v2(Bucket=s3_bucket)["Contents"]]
-    assert f"runs/prep-s3/latents/{cache.key}/{COMPLETE_MARKER}" in keys
-    assert any(k.startswith(f"runs/prep-s3/latents/{cache.key}/{cache.writer}/shards/") and k.endswith(".parquet")
+    assert f"runs/latents/{cache.key}/{COMPLETE_MARKER}" in keys
+    assert any(k.startswith(f"runs/latents/{cache.key}/{cache.writer}/shards/") and k.endswith(".parquet")
                for k in keys)
     # The local archive was staged in the bucket for the decode workers of every node.
     assert f"runs/prep-s3/inputs/{cache.key}.zip" in keys
-    assert cache.dataset().count() == 3
+    assert len(LatentIndex.read(cache.uri, job.storage)) == 3
     again = build_latent_cache(job)
-    assert again.hit and _decodes(decode_log) == 3
+    assert again.hit and _decoded(cache, again) == 3
 
 
 def test_preprocess_command_warms_the_cache(tmp_path, tiny_bundle, sample_dataset, ray_cluster):
     runs = tmp_path / "runs"
-    job = tiny_job(tiny_bundle, sample_dataset, str(runs), "prep-cli")
+    job = _own_cache_job(tiny_bundle, sample_dataset, str(runs), "prep-cli")
     overrides = [
         f"request.training_data_url={job.request.training_data_url}",
         f"model.checkpoint={job.model.checkpoint}",
@@ -148,11 +149,12 @@ def test_preprocess_command_warms_the_cache(tmp_path, tiny_bundle, sample_datase
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "latent cache built" in res.stdout
-    assert len(list((runs / "prep-cli" / "latents").glob(f"*/{COMPLETE_MARKER}"))) == 1
+    assert len(list((runs / "latents").glob(f"*/{COMPLETE_MARKER}"))) == 1
 
 
-def test_debug_dataset_collects_every_preprocessed_pair(tmp_path, tiny_bundle, sample_dataset, decode_log):
-    job = tiny_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-debug", "request.debug_dataset=true")
+def test_debug_dataset_collects_every_preprocessed_pair(tmp_path, tiny_bundle, sample_dataset, ray_cluster):
+    job = _own_cache_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-debug",
+                         "request.debug_dataset=true")
     cache = build_latent_cache(job)
     out = pipeline.publish_debug_dataset(job, cache, str(tmp_path / "debug_dataset.zip"))
     with zipfile.ZipFile(out) as zf:
@@ -211,17 +213,17 @@ def test_decode_tasks_shrink_towards_the_end_and_cover_every_pair_once(pairs, wo
         assert len(sizes) <= pairs // 2
 
 
-def test_a_damaged_shard_is_named_and_the_cache_rebuilt(tmp_path, tiny_bundle, sample_dataset, decode_log, caplog):
-    job = tiny_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-damaged")
+def test_a_damaged_shard_is_named_and_the_cache_rebuilt(tmp_path, tiny_bundle, sample_dataset, ray_cluster, caplog):
+    job = _own_cache_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-damaged")
     first = build_latent_cache(job)
     shard = Path(first.uri) / first.shards[0]
     size = shard.stat().st_size
     shard.write_bytes(shard.read_bytes()[: size // 2])  # cut short; the marker is intact
     with caplog.at_level("WARNING", logger="ltx_ray.latents.pipeline"):
         second = build_latent_cache(job)
-    assert not second.hit and _decodes(decode_log) == 6
+    assert not second.hit and _decoded(first, second) == 6
     assert f"{shard} is {size // 2} bytes, the marker says {size}" in caplog.text
-    assert not shard.exists() and second.dataset().count() == 3
+    assert not shard.exists() and len(LatentIndex.read(second.uri, job.storage)) == 3
 
     # The same size, one byte changed: only the checksum sees it.
     shard = Path(second.uri) / second.shards[0]
@@ -232,16 +234,46 @@ def test_a_damaged_shard_is_named_and_the_cache_rebuilt(tmp_path, tiny_bundle, s
     with caplog.at_level("WARNING", logger="ltx_ray.latents.pipeline"):
         third = build_latent_cache(job)
     assert not third.hit and f"{shard} does not match its checksum" in caplog.text
-    assert third.dataset().count() == 3
+    assert len(LatentIndex.read(third.uri, job.storage)) == 3
 
 
-def test_readers_read_only_the_shards_the_marker_lists(tmp_path, tiny_bundle, sample_dataset, decode_log):
-    job = tiny_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-two-writers")
+def test_readers_read_only_the_shards_the_marker_lists(tmp_path, tiny_bundle, sample_dataset, ray_cluster):
+    job = _own_cache_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-two-writers")
     cache = build_latent_cache(job)
     # A second writer of the same key that has not published (or lost): its shards lie beside the cache's.
     other = Path(cache.uri) / "w-other-writer"
     shutil.copytree(Path(cache.writer_uri), other)
-    found = find_cache(job, "prep-two-writers", cache.key)
+    found = find_cache(RunStore(job.storage, "prep-two-writers"), cache.key)
     assert found.hit and found.shards == cache.shards
-    assert found.dataset().count() == 3  # not 6
-    assert not other.exists()  # listed by no marker: removed
+    assert len(LatentIndex.read(found.uri, job.storage)) == 3  # not 6
+    assert other.exists()  # a reader deletes nothing: a folder no marker lists may be a build in progress
+
+
+def test_runs_of_one_storage_share_its_latent_cache_whatever_their_names(tmp_path, tiny_bundle, sample_dataset,
+                                                                         ray_cluster):
+    runs = tmp_path / "runs"
+    first = build_latent_cache(_own_cache_job(tiny_bundle, sample_dataset, str(runs), "share-a"))
+    second = build_latent_cache(_own_cache_job(tiny_bundle, sample_dataset, str(runs), "share-b"))
+    assert not first.hit and second.hit and second.uri == first.uri == str(runs / "latents" / first.key)
+    assert _decoded(second) == 0  # the second run decoded (and encoded) nothing
+    assert not (runs / "share-a" / "latents").exists() and not (runs / "share-b" / "latents").exists()
+
+
+def test_two_runs_needing_one_cache_at_once_build_it_once(tmp_path, tiny_bundle, sample_dataset, ray_cluster):
+    runs = str(tmp_path / "runs")
+    jobs = [_own_cache_job(tiny_bundle, sample_dataset, runs, f"at-once-{i}") for i in range(2)]
+    caches: list = [None, None]
+
+    def build(i: int) -> None:
+        caches[i] = build_latent_cache(jobs[i])
+
+    drivers = [threading.Thread(target=build, args=(i,)) for i in range(2)]
+    for d in drivers:
+        d.start()
+    for d in drivers:
+        d.join(timeout=600)
+    # One built it (holding the key's lease); the other waited for it and read it.
+    assert sorted(c.hit for c in caches) == [False, True]
+    assert caches[0].uri == caches[1].uri and caches[0].writer == caches[1].writer
+    assert _decoded(*caches) == 3
+    assert sorted(p.name for p in Path(caches[0].uri).iterdir()) == sorted([COMPLETE_MARKER, caches[0].writer])

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from jobs import ROOT, tiny_job
 from ltx_ray.config import load_config
+from ltx_ray.model.av2av import ReferenceScaling
 from ltx_ray.model.loader import load_transformer
 from ltx_ray.sample.conditioning import build_validation_set, load_validation_set
 from ltx_ray.sample.preview import MIN_COLLECTIVE_TIMEOUT_S, Previewer, preview_timeout_s
@@ -40,7 +41,7 @@ PASSES = 4  # positive, negative (CFG), STG, modality isolation: the demo's guid
 # The preview of tests/test_sample.py: 512x512, 17 frames at 16 fps, the reference at half size and rate.
 SIZES = ("request.reference_downscale_factor=2", "request.reference_temporal_scale_factor=2",
          "request.validation_number_of_frames=17", "request.number_of_frames=17", "request.validation_frame_rate=16",
-         "request.aspect_ratio=1:1", "request.validation_aspect_ratio=1:1", f"train.validation_inference_steps={STEPS}")
+         "request.aspect_ratio=1:1", "request.validation_aspect_ratio=1:1", f"preview.inference_steps={STEPS}")
 
 
 def _overrides(tiny_bundle, sample_dataset, storage: Path, clips: int) -> list[str]:
@@ -153,15 +154,12 @@ def test_split_sampler_alone_gives_the_one_by_one_samplers_clips(preview_jobs, t
     job, _ = load_config(ROOT / "conf" / "demo.yaml", overrides)
     r, guidance = job.request, guidance_from_config(job, transformer)
     conds = [cond for _, cond, _ in load_validation_set(validation_file)]
-    settings = SamplerSettings(float(r.validation_frame_rate), STEPS, guidance, r.reference_downscale_factor,
-                               r.reference_temporal_scale_factor)
-    split = sample_split(transformer, [Clip(c, target_shape(r, c), 10 + i) for i, c in enumerate(conds)], settings)
-    unbatched = Guidance(guidance.video, guidance.audio, batched=False)
-    for i, cond in enumerate(conds):
-        one = sample_av2av(transformer, cond, target_shape(r, cond), torch.Generator().manual_seed(10 + i),
-                           frame_rate=settings.frame_rate, reference_downscale_factor=r.reference_downscale_factor,
-                           reference_temporal_scale_factor=r.reference_temporal_scale_factor, steps=STEPS,
-                           guidance=unbatched)
+    settings = SamplerSettings(ReferenceScaling.from_request(r, validation=True), STEPS, guidance)
+    clips = [Clip(c, target_shape(r, c), 10 + i) for i, c in enumerate(conds)]
+    split = sample_split(transformer, clips, settings)
+    unbatched = SamplerSettings(settings.scaling, STEPS, Guidance(guidance.video, guidance.audio, batched=False))
+    for i, clip in enumerate(clips):
+        one = sample_av2av(transformer, clip, unbatched)
         assert torch.equal(split[i][0], one[0]) and torch.equal(split[i][1], one[1])
 
 
@@ -181,6 +179,29 @@ def test_preview_run_on_rank_0_keeps_no_decoder_after_writing_the_reel(one_clip_
     reel = previewer.run(transformer, 3, tmp_path)
     assert reel is not None and reel.stat().st_size > 0
     assert _live_decoders() == before
+
+
+def test_the_reel_is_the_clip_renderers_each_clip_beside_its_reference(preview_jobs, transformer, tmp_path,
+                                                                       monkeypatch):
+    """Previews write their reel through `ClipRenderer`, the renderer `ltx-ray generate` writes its clip with."""
+    import av
+
+    from ltx_ray.sample.render import ClipRenderer
+
+    overrides, validation_file = preview_jobs[2]
+    job, _ = load_config(ROOT / "conf" / "demo.yaml", overrides)
+    written, write = [], ClipRenderer.write
+
+    def spy(self, path, latents, references=None):
+        written.append((path, len(latents), [r.shape for r in references]))
+        return write(self, path, latents, references)
+
+    monkeypatch.setattr(ClipRenderer, "write", spy)
+    reel = Previewer(job, validation_file, 0, torch.device("cpu"), torch.float32).run(transformer, 3, tmp_path)
+    assert written == [(reel, 2, [(17, 512, 512, 3)] * 2)]
+    with av.open(str(reel)) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.width, sum(1 for _ in container.decode(stream))) == (2 * 512, 2 * 17)
 
 
 class _Wrapper(torch.nn.Module):
@@ -232,7 +253,7 @@ def test_preview_timeout_grows_with_the_previews_size():
     base = preview_timeout_s(_default_job(), 1)
     assert base > 1800
     assert preview_timeout_s(_default_job("request.validation_number_of_frames=121"), 1) > base
-    assert preview_timeout_s(_default_job("train.validation_inference_steps=60"), 1) > base
+    assert preview_timeout_s(_default_job("preview.inference_steps=60"), 1) > base
     one_clip = _default_job("request.validation=[{prompt: a, reference_video_url: a.mp4}]")
     assert preview_timeout_s(one_clip, 1) < base
     assert preview_timeout_s(_default_job("request.validation_resolution=medium"), 1) < base

@@ -14,10 +14,19 @@ from ltx_core.guidance.perturbations import PerturbationType
 
 from jobs import ROOT, tiny_job
 from ltx_ray.errors import DatasetError
+from ltx_ray.model.av2av import ReferenceScaling
 from ltx_ray.model.loader import load_transformer
 from ltx_ray.model.objective import av2av_inputs
 from ltx_ray.sample.conditioning import build_validation_set, check_validation_inputs, load_validation_set
-from ltx_ray.sample.sampler import Guidance, TargetShape, guidance_from_config, sample_av2av, stg_block
+from ltx_ray.sample.sampler import (
+    Clip,
+    Guidance,
+    SamplerSettings,
+    TargetShape,
+    guidance_from_config,
+    sample_av2av,
+    stg_block,
+)
 
 
 class Recorder(torch.nn.Module):
@@ -64,11 +73,12 @@ def _guidance(stg_scale=1.0, batched=True, **kw) -> Guidance:
                     batched=batched)
 
 
+# The validation set's scaling: reference downscaled 2x and subsampled 2x, clips at 16 fps.
+SCALING = ReferenceScaling(downscale=2, temporal=2, frame_rate=16.0)
+
+
 def _sample(model, cond, seed=0, steps=3, **guidance):
-    return sample_av2av(
-        model, cond, _shape(cond), torch.Generator().manual_seed(seed), frame_rate=16.0,
-        reference_downscale_factor=2, reference_temporal_scale_factor=2, steps=steps, guidance=_guidance(**guidance),
-    )
+    return sample_av2av(model, Clip(cond, _shape(cond), seed), SamplerSettings(SCALING, steps, _guidance(**guidance)))
 
 
 def test_sampler_is_deterministic_for_a_fixed_seed(validation_set, transformer):
@@ -94,8 +104,7 @@ def test_reference_is_scaled_at_inference_exactly_as_in_training(validation_set,
         "ref_audio": cond.ref_audio, "audio": torch.zeros_like(cond.ref_audio),
         "video_context": cond.video_context, "audio_context": cond.audio_context, "context_mask": cond.context_mask,
     }
-    train_video, train_audio = av2av_inputs(batch, torch.Generator().manual_seed(0), reference_downscale_factor=2,
-                                            reference_temporal_scale_factor=2, frame_rate=16.0)
+    train_video, train_audio = av2av_inputs(batch, torch.Generator().manual_seed(0), SCALING)
     assert torch.equal(video.positions[:1], train_video.modality.positions)
     assert torch.equal(audio.positions[:1], train_audio.modality.positions)
     # Reference tokens are clean: timestep 0 at inference as in training.

@@ -7,7 +7,7 @@ from pathlib import Path
 from jobs import ROOT
 from ltx_ray.config import load_config
 from ltx_ray.train.tracking import Tracker
-from ltx_ray.train.tracking import read_offline_history as history
+from wandb_history import read_offline_history as history
 
 
 def _steps(run_dir: Path, run: str) -> list[int]:

@@ -4,38 +4,68 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from jobs import ROOT
 
 
-def _run(tmp_path, tiny_bundle, *, world: int, steps: int, overrides=(), **spec) -> list[dict]:
-    """Run `tests/trainer_worker.py` on `world` gloo ranks; each rank's record."""
+def _start(tmp_path, tiny_bundle, *, world: int, steps: int, overrides=(), storage: str | None = None,
+           **spec) -> tuple[list[subprocess.Popen], Path]:
+    """Start `tests/trainer_worker.py` on `world` gloo ranks (storage: `tmp_path/runs` unless given)."""
     out = tmp_path / "out"
     out.mkdir(parents=True, exist_ok=True)
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps({"checkpoint": str(tiny_bundle.checkpoint), "gemma": str(tiny_bundle.gemma_dir),
-                                     "storage": str(tmp_path / "runs"), "out": str(out), "steps": steps,
+                                     "storage": storage or str(tmp_path / "runs"), "out": str(out), "steps": steps,
                                      "overrides": [f"cluster.num_workers={world}", *overrides], **spec}))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    logs = [open(out / f"rank{r}.log", "w") for r in range(world)]  # a pipe nobody reads would stall a rank
     procs = [subprocess.Popen([sys.executable, str(ROOT / "tests" / "trainer_worker.py"), str(spec_file)], cwd=ROOT,
                               env={**os.environ, "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r),
                                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=logs[r], stderr=subprocess.STDOUT, text=True)
              for r in range(world)]
-    logs = [p.communicate(timeout=300)[0] for p in procs]
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-4000:]
-    return [json.loads((out / f"rank{r}.json").read_text()) | {"log": logs[r]} for r in range(world)]
+    for f in logs:
+        f.close()
+    return procs, out
+
+
+def _finish(procs: list[subprocess.Popen], out: Path, *, killed: bool = False) -> list[dict]:
+    """Wait for every rank; each rank's record (with its `log`), or only its `log` where it was to kill itself."""
+    try:
+        for p in procs:
+            p.wait(timeout=600)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    records = []
+    for r, p in enumerate(procs):
+        log = (out / f"rank{r}.log").read_text()
+        if killed:
+            assert p.returncode == -signal.SIGKILL, log[-4000:]
+            records.append({"log": log})
+        else:
+            assert p.returncode == 0, log[-4000:]
+            records.append(json.loads((out / f"rank{r}.json").read_text()) | {"log": log})
+    return records
+
+
+def _run(tmp_path, tiny_bundle, *, world: int, steps: int, overrides=(), killed: bool = False, **spec) -> list[dict]:
+    """Run `tests/trainer_worker.py` on `world` gloo ranks; each rank's record."""
+    return _finish(*_start(tmp_path, tiny_bundle, world=world, steps=steps, overrides=overrides, **spec),
+                   killed=killed)
 
 
 def test_gradient_checkpointing_recomputes_ltx_core_blocks_with_the_model_in_train_mode(tmp_path, tiny_bundle):
     [rank0] = _run(tmp_path, tiny_bundle, world=1, steps=2,
-                   overrides=["cluster.gradient_checkpointing=true", "train.checkpoint_every=100"])
+                   overrides=["cluster.gradient_checkpointing=true", "checkpoint.every=100"])
     # 2 blocks, 1 micro-step: each block's forward runs again in backward.
     assert rank0["recomputed_blocks"] == 2
     assert rank0["modes"] and all(rank0["modes"])  # the LTXModel itself, not only its PEFT wrapper, trains
@@ -71,7 +101,7 @@ def test_ranks_hearing_of_a_preemption_at_different_micro_steps_checkpoint_the_s
                                                                                                  tiny_bundle):
     # Rank 1 hears of it at its 3rd micro-step check (step 3, after 2 completed steps); rank 0 never does.
     ranks = _run(tmp_path, tiny_bundle, world=2, steps=4, hear_preemption_at={"1": 3},
-                 overrides=["train.checkpoint_every=100"])
+                 overrides=["checkpoint.every=100"])
     assert all(not r["failures"] for r in ranks)
     folders = sorted(p.name for p in (tmp_path / "runs" / "trainer-test" / "checkpoints").iterdir())
     # The just-in-time checkpoint holds step 2, and the final one step 4.

@@ -4,14 +4,25 @@
 
 SPEC: checkpoint, gemma, storage, steps, overrides (key=value), hear_preemption_at (rank -> the
 number of the micro-step, counted from 1, at whose check this rank first hears of a preemption),
-count_syncs (bool), estimated_bytes (the run's memory estimate). Writes OUT/rank<r>.json: what the run did, as seen from inside this rank.
+count_syncs (bool), estimated_bytes (the run's memory estimate), latent_cache (the URI of a latent cache
+holding `_sample(0..3)`, read through a `LatentReader` instead of the list), and two ways to interrupt the run as
+step `k + 1` is about to start (after `k` completed steps):
+  kill_at_step: k          every rank SIGKILLs itself, as a crashed machine does; rank 0 first waits until
+                           the newest checkpoint in storage is the one `checkpoint.every` gives (so the
+                           test knows where the resumed run goes on from).
+  hold_at_step: {"step": k, "until": FILE}
+                           every rank waits until FILE exists (rank 0 writes OUT/held when it is waiting):
+                           the test does what it does to storage mid-run, then creates FILE.
+Writes OUT/rank<r>.json: what the run did, as seen from inside this rank (`losses`: step -> loss).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -51,7 +62,7 @@ def main(spec_path: str) -> None:
         "tracking.mode=disabled", *spec.get("overrides", [])])
     # The spec's minimum of 100 steps is for requests; a test of the loop needs a few.
     job.request.number_of_steps = spec["steps"]
-    record: dict = {"modes": [], "syncs_per_step": []}
+    record: dict = {"modes": [], "syncs_per_step": [], "done": []}
     calls = {"micro": 0}
     hear_at = spec.get("hear_preemption_at", {}).get(str(rank))
 
@@ -59,24 +70,50 @@ def main(spec_path: str) -> None:
         calls["micro"] += 1
         return hear_at is not None and calls["micro"] >= hear_at
 
-    ctx = DistContext([_sample(i) for i in range(4)], use_gpu=False, timeout_s=60, preemption=heard)
-    trainer = Trainer(RunSetup(job=job, run_name=spec.get("run", "trainer-test"),
+    samples = [_sample(i) for i in range(4)]
+    if spec.get("latent_cache"):  # the same samples, read from a cache as a Ray worker reads them
+        from ltx_ray.latents.reader import LatentIndex, LatentReader
+
+        per_step = job.cluster.micro_batch_size * job.cluster.accumulation_steps(int(os.environ["WORLD_SIZE"]))
+        samples = LatentReader(LatentIndex.read(spec["latent_cache"]), capacity=2 * per_step)
+    ctx = DistContext(samples, use_gpu=False, timeout_s=60, preemption=heard)
+    run = spec.get("run", "trainer-test")
+    trainer = Trainer(RunSetup(job=job, run_name=run,
                                checkpoint_path=spec["checkpoint"], wandb_dir=str(Path(spec["storage"]) / "wandb"),
-                               lora_metadata={"rank": str(job.request.rank)},
                                estimated_bytes=spec.get("estimated_bytes")), ctx)
     original_step = step_module.train_step
 
-    def observed_step(engine, *args, **kwargs):
+    def interrupt(done: int) -> None:
+        """What the spec asks for as step `done + 1` starts."""
+        if spec.get("kill_at_step") == done:
+            if rank == 0:
+                from ltx_ray.run_store import RunStore
+                from ltx_ray.train.checkpoint import latest
+
+                every = job.checkpoint.every
+                while (newest := latest(RunStore(job.storage, run))) is None or newest.step < done // every * every:
+                    time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGKILL)
+        hold = spec.get("hold_at_step")
+        if hold and hold["step"] == done:
+            if rank == 0:
+                (Path(spec["out"]) / "held").write_text(str(done))
+            while not Path(hold["until"]).exists():
+                time.sleep(0.05)
+
+    def observed_step(engine, samples, job_, step, *args, **kwargs):
+        interrupt(step)
+        record["done"].append(step + 1)
         blocks = [m for n, m in engine.module.named_modules() if n.endswith("transformer_blocks")][0]
         handle = blocks[0].register_forward_pre_hook(
             lambda module, _: record["modes"].append(module.training))
         try:
             if spec.get("count_syncs"):
                 with _HostSyncs() as syncs:
-                    out = original_step(engine, *args, **kwargs)
+                    out = original_step(engine, samples, job_, step, *args, **kwargs)
                 record["syncs_per_step"].append(syncs.count)
                 return out
-            return original_step(engine, *args, **kwargs)
+            return original_step(engine, samples, job_, step, *args, **kwargs)
         finally:
             handle.remove()
 
@@ -85,7 +122,8 @@ def main(spec_path: str) -> None:
     trainer_module.train_step = observed_step
     trainer.train()
     record.update(recomputed_blocks=trainer.recomputed_blocks, failures=[str(p) for p in ctx.failures],
-                  micro_checks=calls["micro"], peak_gib=[m.memory_peak_gib for m in trainer.history])
+                  micro_checks=calls["micro"], peak_gib=[m.memory_peak_gib for m in trainer.history],
+                  losses={done: loss for done, loss in zip(record["done"], (m.loss for m in trainer.history))})
     (Path(spec["out"]) / f"rank{rank}.json").write_text(json.dumps(record))
 
 

@@ -1,15 +1,13 @@
 """From `training_data_url` to fitted training pairs: fetch, extract, pair, probe, fit.
 
-Two entry points for two callers:
+`build_manifest` (or `manifest_from_archive` for an archive already on disk)
+does everything that needs no decoding (fetch, safe extraction, pairing,
+captions, probing, the length rule) and raises every user error before
+cluster time is spent. The Ray Data pipeline then calls `fit_pair` on each
+pair in parallel (and `write_debug_archive` with `debug_dataset`).
 
-- `build_manifest` (or `manifest_from_archive` for an archive already on
-  disk) does everything that needs no decoding (fetch, safe extraction,
-  pairing, captions, probing, the length rule) and raises every user error
-  before cluster time is spent. The Ray Data pipeline then calls `fit_pair`
-  on each pair in parallel.
-- `ingest` does the whole thing in-process (tests, `debug_dataset`, small jobs).
-
-`fit_reference` fits one validation reference clip the same way.
+`fit_reference` fits one reference clip (a validation sample, `ltx-ray
+generate`'s) the same way.
 """
 
 from __future__ import annotations
@@ -18,14 +16,15 @@ import logging
 import shutil
 import tempfile
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-from ltx_ray.config.load import redact_url
+from ltx_ray.config.display import redact_url
 from ltx_ray.config.resolution import bucket_size, reference_frames, reference_size
+from ltx_ray.config.scaling import ReferenceScaling
 from ltx_ray.config.schema import RequestConfig, StorageConfig
 from ltx_ray.clips.archive import extract_archive
 from ltx_ray.fetch import content_hash, fetch
@@ -116,19 +115,6 @@ class FittedClip:
     audio: np.ndarray
     sample_rate: int
     frame_rate: float
-
-
-@dataclass
-class IngestReport:
-    """What `ingest` made of the archive: fitted pairs, skipped pairs with reasons, warnings."""
-
-    accepted: list[FittedPair]
-    skipped: list[SkippedPair]
-    warnings: list[str]
-    archive_sha256: str
-    debug_archive: Path | None = None
-    # The manifest the pairs came from; its extracted clips (`root`) are already removed.
-    manifest: Manifest | None = field(default=None, repr=False)
 
 
 def build_manifest(request: RequestConfig, workdir: Path, storage: StorageConfig | None = None) -> Manifest:
@@ -266,10 +252,11 @@ def fit_pair(pair: ProbedPair, request: RequestConfig, *, out: dict[str, np.ndar
     width, height = bucket_size(request.resolution, request.aspect_ratio)
     grid = _Grid(width, height, request.number_of_frames, request.frame_rate, pair_span(pair.start, pair.end, request),
                  request.audio_normalize, request.audio_preserve_pitch)
-    scaled = (request.reference_downscale_factor, request.reference_temporal_scale_factor) != (1, 1)
+    scaling = ReferenceScaling.from_request(request)
+    scaled = (scaling.downscale, scaling.temporal) != (1, 1)
     ref = _fit_clip(pair.start, grid, video_out=None if scaled else out.get("reference_video"))
     tgt = _fit_clip(pair.end, grid, video_out=out.get("target_video"))
-    ref_video = _scale_reference(ref.video, request.reference_downscale_factor, request.reference_temporal_scale_factor)
+    ref_video = _scale_reference(ref.video, scaling.downscale, scaling.temporal)
     return FittedPair(
         name=pair.name,
         caption=pair.caption,
@@ -282,51 +269,60 @@ def fit_pair(pair: ProbedPair, request: RequestConfig, *, out: dict[str, np.ndar
     )
 
 
-def fit_reference(
-    video_path: Path,
-    audio_path: Path | None = None,
-    *,
-    width: int,
-    height: int,
-    frames: int,
-    frame_rate: float,
-    downscale_factor: int = 1,
-    temporal_factor: int = 1,
-    auto_scale: bool = False,
-    audio_normalize: bool = True,
-    audio_preserve_pitch: bool = True,
-) -> FittedClip:
-    """Fit one reference clip (a validation sample) exactly as training fits a pair's reference.
+@dataclass(frozen=True)
+class ReferenceFit:
+    """What `fit_reference` fits a clip to: the size and frame grid, the length rule and the audio options."""
+
+    width: int
+    height: int
+    frames: int
+    frame_rate: float
+    auto_scale: bool = False  # resample the whole clip in time rather than refuse a short one
+    audio_normalize: bool = True
+    audio_preserve_pitch: bool = True
+
+    @classmethod
+    def validation(cls, request: RequestConfig) -> "ReferenceFit":
+        """The request's validation clip: `validation_resolution`/`_aspect_ratio`/`_number_of_frames`/`_frame_rate`,
+        with the training's `auto_scale_input` and audio options."""
+        width, height = bucket_size(request.validation_resolution, request.validation_aspect_ratio)
+        return cls(width, height, request.validation_number_of_frames, float(request.validation_frame_rate),
+                   request.auto_scale_input, request.audio_normalize, request.audio_preserve_pitch)
+
+
+def fit_reference(video_path: Path, audio_path: Path | None, fit: ReferenceFit,
+                  scaling: ReferenceScaling | None = None) -> FittedClip:
+    """Fit one reference clip (a validation sample, `ltx-ray generate`'s) exactly as training fits a pair's
+    reference: to `fit`, then scaled by `scaling`'s factors (None: unscaled, as the reel shows it).
 
     Video comes from `video_path`; audio from `audio_path` when given, else
     from the video's own track (which must then exist). Without
-    `auto_scale`, a clip shorter than `frames / frame_rate` is a
+    `fit.auto_scale`, a clip shorter than `frames / frame_rate` is a
     `DatasetError`; with it, the whole clip is resampled in time.
     """
     info = probe(video_path)
     if audio_path is None and not info.has_audio:
         silent = "the reference video has no audio track and no reference audio was given"
         raise DatasetError(Problem(Path(video_path).name, silent))
-    short = "" if auto_scale else _shortfall((info,), frames=frames, frame_rate=frame_rate)
+    short = "" if fit.auto_scale else _shortfall((info,), frames=fit.frames, frame_rate=fit.frame_rate)
     if short:
         raise DatasetError(Problem(Path(video_path).name, short))
-    span = info.duration if auto_scale else frames / frame_rate
-    fitted = _fit_clip(info, _Grid(width, height, frames, frame_rate, span, audio_normalize, audio_preserve_pitch),
-                       audio_path=audio_path)
-    fitted.video = _scale_reference(fitted.video, downscale_factor, temporal_factor)
+    span = info.duration if fit.auto_scale else fit.frames / fit.frame_rate
+    grid = _Grid(fit.width, fit.height, fit.frames, fit.frame_rate, span, fit.audio_normalize, fit.audio_preserve_pitch)
+    fitted = _fit_clip(info, grid, audio_path=audio_path)
+    if scaling is not None:
+        fitted.video = _scale_reference(fitted.video, scaling.downscale, scaling.temporal)
     return fitted
 
 
 def fitted_shapes(request: RequestConfig) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Shape and dtype of each array `fit_pair` returns for this request, by `FittedPair` field name."""
     width, height = bucket_size(request.resolution, request.aspect_ratio)
-    frames, factor = request.number_of_frames, request.reference_downscale_factor
-    ref_w, ref_h = reference_size(width, height, factor)
+    frames, scaling = request.number_of_frames, ReferenceScaling.from_request(request)
+    ref_w, ref_h = scaling.size(width, height)
     audio = ((AUDIO_CHANNELS, audio_samples(frames, request.frame_rate)), np.dtype(np.float32))
     return {
-        "reference_video": (
-            (reference_frames(frames, request.reference_temporal_scale_factor), ref_h, ref_w, 3), np.dtype(np.uint8)
-        ),
+        "reference_video": ((scaling.frames(frames), ref_h, ref_w, 3), np.dtype(np.uint8)),
         "target_video": ((frames, height, width, 3), np.dtype(np.uint8)),
         "reference_audio": audio,
         "target_audio": audio,
@@ -399,22 +395,6 @@ def _scale_reference(video: np.ndarray, downscale: int, temporal: int) -> np.nda
     # The config rules guarantee these; a mismatch here is a bug, not a user error.
     assert out.shape[1:3] == reference_size(w, h, downscale)[::-1] and out.shape[0] == reference_frames(f, temporal)
     return out
-
-
-def ingest(request: RequestConfig, workdir: Path, storage: StorageConfig | None = None) -> IngestReport:
-    """Turn `request.training_data_url` into fitted pairs in this process.
-
-    Runs `build_manifest`, fits every pair, and with `request.debug_dataset`
-    writes `<workdir>/debug_dataset.zip`. The extracted clips are removed
-    before returning, on success and on failure.
-    """
-    manifest = build_manifest(request, workdir, storage)
-    try:
-        fitted = [fit_pair(p, request) for p in manifest.pairs]
-    finally:
-        shutil.rmtree(manifest.root, ignore_errors=True)
-    debug = write_debug_archive(fitted, Path(workdir) / "debug_dataset.zip", request) if request.debug_dataset else None
-    return IngestReport(fitted, manifest.skipped, manifest.warnings, manifest.archive_sha256, debug, manifest)
 
 
 def write_debug_archive(pairs: list[FittedPair], out_path: Path, request: RequestConfig | None = None) -> Path:

@@ -1,7 +1,9 @@
-"""The resolution buckets of SPEC-endpoint.md and the frame-count arithmetic.
+"""The resolution buckets of SPEC-endpoint.md, the latent geometry and the reference's scaling arithmetic.
 
-This is the only copy of the table: data fitting, validation sampling and the
-config rules all ask it.
+This is the only copy of each: data fitting, the model's token positions,
+validation sampling, the memory estimate and the config rules all ask it
+(`ltx_ray.model.av2av` names them for the model side; the reference's scaling as one value is
+`ltx_ray.config.scaling.ReferenceScaling`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ RESOLUTION_BUCKETS: dict[tuple[str, str], tuple[int, int]] = {
 # The video VAE compresses 32x in space and 8x in time (plus the first frame).
 SPATIAL_COMPRESSION = 32
 TEMPORAL_COMPRESSION = 8
+# The audio VAE works on 16 kHz stereo: log-mel frames every 160 samples, compressed 4x in time,
+# so 25 latent frames per second.
+AUDIO_SAMPLE_RATE = 16000
+AUDIO_HOP_LENGTH = 160
+AUDIO_LATENT_DOWNSAMPLE = 4
+AUDIO_LATENTS_PER_SECOND = AUDIO_SAMPLE_RATE / (AUDIO_HOP_LENGTH * AUDIO_LATENT_DOWNSAMPLE)
 
 
 def bucket_size(resolution: str, aspect_ratio: str) -> tuple[int, int]:
@@ -42,3 +50,9 @@ def reference_size(width: int, height: int, downscale_factor: int) -> tuple[int,
 def reference_frames(frames: int, temporal_factor: int) -> int:
     """Frame count of the reference after keeping frame 0, then frame 1 and every k-th frame after it."""
     return (frames - 1) // temporal_factor + 1
+
+
+def audio_latent_frames(frames: int, frame_rate: float) -> int:
+    """Audio latent frames of `frames` video frames: mel frames (one per hop, one more) / 4, rounded up."""
+    samples = round(frames / frame_rate * AUDIO_SAMPLE_RATE)
+    return -(-(samples // AUDIO_HOP_LENGTH + 1) // AUDIO_LATENT_DOWNSAMPLE)

@@ -10,30 +10,28 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import struct
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ltx_ray.config.resolution import (
-    SPATIAL_COMPRESSION,
-    TEMPORAL_COMPRESSION,
-    bucket_size,
-    reference_frames,
-    reference_size,
-)
+from ltx_ray.config.resolution import bucket_size
 from ltx_ray.config.schema import JobConfig, StorageConfig
 from ltx_ray.errors import ModelError, Problem
+from ltx_ray.model.av2av import (
+    AUDIO_LATENT_DOWNSAMPLE,
+    SPATIAL_COMPRESSION,
+    TEMPORAL_COMPRESSION,
+    ReferenceScaling,
+    audio_latent_frames,
+)
 from ltx_ray.model.ltx23 import LTX23_22B_CONFIG
 
 BUILTIN_SOURCE = "built-in LTX-2.3 22B configuration (ltx_ray.model.ltx23.LTX23_22B_CONFIG)"
 
 # Padded caption length of the text encoder (ltx_ray.model.loader.load_text_encoder's max_length).
 TEXT_TOKENS = 1024
-# Audio: 16 kHz, mel hop 160, 4x temporal compression in the audio VAE.
-AUDIO_SAMPLE_RATE, MEL_HOP, AUDIO_COMPRESSION = 16000, 160, 4
 
 # Headers larger than this are not a model config (the 22B's is ~1.5 MB with its tensor index).
 _MAX_HEADER = 64 * 1024 * 1024
@@ -155,6 +153,7 @@ class StepShapes:
     text_tokens: int
     pixels: tuple[int, int, int]  # frames, height, width of the target clip
     ref_pixels: tuple[int, int, int]
+    scaling: ReferenceScaling = ReferenceScaling()  # what made the reference's shapes (and the clips' frame rate)
 
     @property
     def tokens(self) -> dict[str, int]:
@@ -164,41 +163,36 @@ class StepShapes:
                 "text": self.text_tokens}
 
 
-def audio_latent_frames(frames: int, frame_rate: float) -> int:
-    """Audio latent frames of `frames` video frames: mel frames (hop 160, one more) / 4, rounded up."""
-    samples = round(frames / frame_rate * AUDIO_SAMPLE_RATE)
-    return math.ceil((samples // MEL_HOP + 1) / AUDIO_COMPRESSION)
-
-
-def step_shapes(arch: Architecture, *, resolution: str, aspect_ratio: str, frames: int, frame_rate: float,
-                downscale: int = 1, temporal: int = 1) -> StepShapes:
-    """Shapes of a training or preview sample at this size, with its reference at the reference factors."""
+def step_shapes(arch: Architecture, *, resolution: str, aspect_ratio: str, frames: int,
+                scaling: ReferenceScaling = ReferenceScaling()) -> StepShapes:
+    """Shapes of a training or preview sample at this size and `scaling.frame_rate`, its reference scaled by
+    `scaling`."""
     width, height = bucket_size(resolution, aspect_ratio)
-    ref_w, ref_h = reference_size(width, height, downscale)
-    ref_f = reference_frames(frames, temporal)
+    ref_w, ref_h = scaling.size(width, height)
+    ref_f = scaling.frames(frames)
     t = arch.transformer
     channels = t.get("in_channels", 128)
     dd = arch.config.get("audio_vae", {}).get("model", {}).get("params", {}).get("ddconfig", {})
-    mel = dd.get("mel_bins", 64) // AUDIO_COMPRESSION
+    mel = dd.get("mel_bins", 64) // AUDIO_LATENT_DOWNSAMPLE
     audio_channels = t.get("audio_in_channels", 128) // mel
 
     def latent(f: int, h: int, w: int) -> tuple[int, int, int, int]:
         return channels, (f - 1) // TEMPORAL_COMPRESSION + 1, h // SPATIAL_COMPRESSION, w // SPATIAL_COMPRESSION
 
-    audio = (audio_channels, audio_latent_frames(frames, frame_rate), mel)
+    audio = (audio_channels, audio_latent_frames(frames, scaling.frame_rate), mel)
     return StepShapes(latent(frames, height, width), latent(ref_f, ref_h, ref_w), audio, audio, TEXT_TOKENS,
-                      (frames, height, width), (ref_f, ref_h, ref_w))
+                      (frames, height, width), (ref_f, ref_h, ref_w), scaling)
 
 
 def training_shapes(job: JobConfig, arch: Architecture) -> StepShapes:
+    """The shapes of one training sample of the job."""
     r = job.request
     return step_shapes(arch, resolution=r.resolution, aspect_ratio=r.aspect_ratio, frames=r.number_of_frames,
-                       frame_rate=r.frame_rate, downscale=r.reference_downscale_factor,
-                       temporal=r.reference_temporal_scale_factor)
+                       scaling=ReferenceScaling.from_request(r))
 
 
 def preview_shapes(job: JobConfig, arch: Architecture) -> StepShapes:
+    """The shapes of one validation clip of the job."""
     r = job.request
     return step_shapes(arch, resolution=r.validation_resolution, aspect_ratio=r.validation_aspect_ratio,
-                       frames=r.validation_number_of_frames, frame_rate=r.validation_frame_rate,
-                       downscale=r.reference_downscale_factor, temporal=r.reference_temporal_scale_factor)
+                       frames=r.validation_number_of_frames, scaling=ReferenceScaling.from_request(r, validation=True))

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -231,26 +231,24 @@ def estimate(job: JobConfig, *, exact_depth: bool = False, gpu_attention: bool =
     """The per-GPU memory of the job's training workers, its rank 0 while previewing, and an encoder actor."""
     import time
 
-    from ltx_ray.model.loader import precision_dtype
+    from ltx_ray.model.av2av import LoraSettings, precision_dtype
     from ltx_ray.sample.sampler import guidance_from_config
 
     started = time.perf_counter()
     arch, note = architecture_for(job)
-    r, c, m = job.request, job.cluster, job.model
+    r, c = job.request, job.cluster
     dtype = precision_dtype(job.cluster.precision)
     element_bytes = torch.finfo(dtype).bits // 8
-    counts = memory.model_counts(arch, lora_rank=r.rank, lora_targets=m.lora_targets,
-                                 include_feed_forward=m.lora_include_feed_forward)
+    lora = LoraSettings.from_job(job)
+    counts = memory.model_counts(arch, lora)
     blocks = counts["blocks"]
     shapes = training_shapes(job, arch)
-    lora = dict(lora_rank=r.rank, lora_targets=m.lora_targets, include_feed_forward=m.lora_include_feed_forward,
-                dtype=dtype, downscale=r.reference_downscale_factor, temporal=r.reference_temporal_scale_factor,
-                gpu_attention=gpu_attention)
+    training = memory.StepSetup(arch, shapes, lora, dtype, batch=c.micro_batch_size)
+
     def training_step(gradient_checkpointing: bool) -> memory.Measured:
-        return at_depth(lambda a: memory.training_step(
-            a, shapes, micro_batch=c.micro_batch_size, gradient_checkpointing=gradient_checkpointing,
-            frame_rate=float(r.frame_rate), weight_decay=job.train.weight_decay, **lora), arch, blocks,
-            exact=exact_depth)
+        setup = replace(training, gradient_checkpointing=gradient_checkpointing)
+        return at_depth(lambda a: memory.training_step(replace(setup, arch=a), weight_decay=job.optimizer.weight_decay,
+                                                       gpu_attention=gpu_attention), arch, blocks, exact=exact_depth)
 
     steps = {c.gradient_checkpointing: training_step(c.gradient_checkpointing)}
     # An elastic run may shrink to its minimum: the fewest workers hold the largest shards.
@@ -276,9 +274,9 @@ def estimate(job: JobConfig, *, exact_depth: bool = False, gpu_attention: bool =
     passes = len(guidance.passes) if guidance.batched else 1
     pshapes = preview_shapes(job, arch)
     if r.validation:
-        preview = at_depth(lambda a: memory.preview_step(
-            a, pshapes, passes=passes, frame_rate=float(r.validation_frame_rate), **lora), arch, blocks,
-            exact=exact_depth)
+        previewing = memory.StepSetup(arch, pshapes, lora, dtype, batch=passes)
+        preview = at_depth(lambda a: memory.preview_step(replace(previewing, arch=a), gpu_attention=gpu_attention),
+                           arch, blocks, exact=exact_depth)
         resident = zero_layout(counts, settings[c.zero_stage], world=world_size, element_bytes=element_bytes,
                                between_steps=True)
         kinds = {**resident, **{k: preview.kinds[k] for k in ("activations", "temporaries", "inputs")}}

@@ -27,9 +27,26 @@ import torch
 
 from ltx_ray.estimate.architecture import Architecture, StepShapes, architecture_for
 from ltx_ray.estimate.tracker import StorageTracker
+from ltx_ray.model.av2av import AUDIO_LATENT_DOWNSAMPLE, LoraSettings, trainable_lora_model
 
 # Kinds of the measured peak, in the order a table shows them.
 KINDS = ("parameters", "gradients", "optimizer state", "activations", "temporaries", "inputs")
+
+
+@dataclass(frozen=True)
+class StepSetup:
+    """What a measured step runs: ltx-core's transformer of `arch` in `dtype` with the `lora`, on `batch` samples
+    of `shapes` (their reference scaling included), with ltx-core's gradient checkpointing or without.
+
+    `batch`: the micro-batch of a training step, or the guidance passes run as one batch in a preview step.
+    """
+
+    arch: Architecture
+    shapes: StepShapes
+    lora: LoraSettings
+    dtype: torch.dtype = torch.bfloat16
+    batch: int = 1
+    gradient_checkpointing: bool = True
 
 
 @dataclass
@@ -116,26 +133,22 @@ def _mode(fake: bool):
         _clear_ltx_core_caches()
 
 
-def build_transformer(arch: Architecture, *, dtype: torch.dtype, lora_rank: int | None = None,
-                      lora_targets=None, include_feed_forward: bool = False, gradient_checkpointing: bool = False):
-    """ltx-core's AV transformer for `arch`, in `dtype`, with our LoRA (trainable adapters cast to `dtype`, as
-    the training loop does). Tensors are made in the ambient mode: call it under `FakeTensorMode` or on the
-    meta device for a model that would not fit."""
+def build_transformer(arch: Architecture, *, dtype: torch.dtype, lora: LoraSettings | None = None,
+                      gradient_checkpointing: bool = False):
+    """ltx-core's AV transformer for `arch`, in `dtype`, with our `lora` (as the training engine builds it:
+    `lora.trainable_lora_model`). Tensors are made in the ambient mode: call it under `FakeTensorMode` or on
+    the meta device for a model that would not fit."""
     from ltx_core.model.transformer.model_configurator import LTXModelConfigurator
 
-    from ltx_ray.model.lora import DEFAULT_TARGETS, trainable_lora_model
-
     model = LTXModelConfigurator.from_config(arch.config).to(dtype)
-    if lora_rank is None:
+    if lora is None:
         if gradient_checkpointing:
             model.set_gradient_checkpointing(True)
         return model
-    return trainable_lora_model(model, lora_rank, targets=lora_targets or DEFAULT_TARGETS,
-                                include_feed_forward=include_feed_forward,
-                                gradient_checkpointing=gradient_checkpointing, dtype=dtype)
+    return trainable_lora_model(model, lora, gradient_checkpointing=gradient_checkpointing, dtype=dtype)
 
 
-def model_counts(arch: Architecture, *, lora_rank: int, lora_targets, include_feed_forward: bool) -> dict[str, int]:
+def model_counts(arch: Architecture, lora: LoraSettings) -> dict[str, int]:
     """Exact parameter counts of the transformer and its LoRA, built on the meta device.
 
     Besides the totals, the sizes DeepSpeed's buffers are set from (`estimate.zero_settings`):
@@ -145,8 +158,7 @@ def model_counts(arch: Architecture, *, lora_rank: int, lora_targets, include_fe
     tables, attention gates and the LoRA's own A and B).
     """
     with torch.device("meta"):
-        model = build_transformer(arch, dtype=torch.bfloat16, lora_rank=lora_rank, lora_targets=lora_targets,
-                                  include_feed_forward=include_feed_forward)
+        model = build_transformer(arch, dtype=torch.bfloat16, lora=lora)
     sizes = [p.numel() for p in model.parameters()]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(sizes)
@@ -164,8 +176,7 @@ def job_model_counts(job) -> dict[str, int]:
     """`model_counts` of the job's transformer (its `model.checkpoint`'s architecture, or the built-in 22B where
     the header cannot be reached) with the job's LoRA."""
     arch, _ = architecture_for(job)
-    return model_counts(arch, lora_rank=job.request.rank, lora_targets=job.model.lora_targets,
-                        include_feed_forward=job.model.lora_include_feed_forward)
+    return model_counts(arch, LoraSettings.from_job(job))
 
 
 def random_batch(arch: Architecture, shapes: StepShapes, batch: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -183,11 +194,8 @@ def random_batch(arch: Architecture, shapes: StepShapes, batch: int, dtype: torc
     }
 
 
-def training_step(arch: Architecture, shapes: StepShapes, *, lora_rank: int, lora_targets=None,
-                  include_feed_forward: bool = False, dtype: torch.dtype = torch.bfloat16, micro_batch: int = 1,
-                  gradient_checkpointing: bool = True, downscale: int = 1, temporal: int = 1,
-                  frame_rate: float = 24.0, fake: bool = True, gpu_attention: bool = True,
-                  weight_decay: float = 0.01) -> Measured:
+def training_step(setup: StepSetup, *, weight_decay: float = 0.01, fake: bool = True,
+                  gpu_attention: bool = True) -> Measured:
     """Peak memory of one training micro-step on one device (no ZeRO): forward, backward, AdamW step.
 
     The optimizer's state exists before the measured step (one step on zero
@@ -201,12 +209,11 @@ def training_step(arch: Architecture, shapes: StepShapes, *, lora_rank: int, lor
     started = time.perf_counter()
     tracker = StorageTracker()
     with _mode(fake), _gpu_attention(gpu_attention and fake):
-        model = build_transformer(arch, dtype=dtype, lora_rank=lora_rank, lora_targets=lora_targets,
-                                  include_feed_forward=include_feed_forward,
-                                  gradient_checkpointing=gradient_checkpointing)
+        model = build_transformer(setup.arch, dtype=setup.dtype, lora=setup.lora,
+                                  gradient_checkpointing=setup.gradient_checkpointing)
         model.train()
         trainable = [p for p in model.parameters() if p.requires_grad]
-        batch = random_batch(arch, shapes, micro_batch, dtype)
+        batch = random_batch(setup.arch, setup.shapes, setup.batch, setup.dtype)
         generator = torch.Generator().manual_seed(0)
         for t in [*model.parameters(), *model.buffers()]:
             tracker.add(t, "parameters")
@@ -223,8 +230,7 @@ def training_step(arch: Architecture, shapes: StepShapes, *, lora_rank: int, lor
             optimizer.zero_grad(set_to_none=True)
             tracker.phase = "activations"
             tracker.reset_peak()
-            loss, _ = av2av_loss(model, batch, generator, reference_downscale_factor=downscale,
-                                 reference_temporal_scale_factor=temporal, frame_rate=frame_rate)
+            loss, _ = av2av_loss(model, batch, generator, setup.shapes.scaling)
             tracker.phase = "backward"
             loss.backward()
             del loss
@@ -236,29 +242,24 @@ def training_step(arch: Architecture, shapes: StepShapes, *, lora_rank: int, lor
                     peak_phase=tracker.peak_phase, **counts)
 
 
-def preview_step(arch: Architecture, shapes: StepShapes, *, lora_rank: int, lora_targets=None,
-                 include_feed_forward: bool = False, dtype: torch.dtype = torch.bfloat16, passes: int = 4,
-                 downscale: int = 1, temporal: int = 1, frame_rate: float = 24.0, fake: bool = True,
-                 gpu_attention: bool = True) -> Measured:
-    """Peak memory of one denoising step of a preview: the model with its LoRA, `passes` guidance passes
+def preview_step(setup: StepSetup, *, fake: bool = True, gpu_attention: bool = True) -> Measured:
+    """Peak memory of one denoising step of a preview: the model with its LoRA, `setup.batch` guidance passes
     as one batch, no gradients (what rank 0 adds while validating)."""
     from ltx_ray.model.objective import av2av_inputs
 
     started = time.perf_counter()
     tracker = StorageTracker()
     with _mode(fake), _gpu_attention(gpu_attention and fake), torch.no_grad():
-        model = build_transformer(arch, dtype=dtype, lora_rank=lora_rank, lora_targets=lora_targets,
-                                  include_feed_forward=include_feed_forward)
+        model = build_transformer(setup.arch, dtype=setup.dtype, lora=setup.lora)
         model.eval()
-        batch = random_batch(arch, shapes, passes, dtype)
+        batch = random_batch(setup.arch, setup.shapes, setup.batch, setup.dtype)
         for t in [*model.parameters(), *model.buffers()]:
             tracker.add(t, "parameters")
         for t in batch.values():
             tracker.add(t, "inputs")
         with tracker:
             tracker.phase = "activations"
-            video, audio = av2av_inputs(batch, torch.Generator().manual_seed(0), reference_downscale_factor=downscale,
-                                        reference_temporal_scale_factor=temporal, frame_rate=frame_rate)
+            video, audio = av2av_inputs(batch, torch.Generator().manual_seed(0), setup.shapes.scaling)
             tracker.phase = "temporaries"
             model(video=video.modality, audio=audio.modality, perturbations=None)
         counts = _counts(model)
@@ -283,7 +284,7 @@ def encoder_step(arch: Architecture, shapes: StepShapes, *, dtype: torch.dtype =
             for t in [*m.parameters(), *m.buffers()]:
                 tracker.add(t, "parameters")
         pixels = torch.randn(1, 3, frames, height, width, dtype=dtype)
-        mel_frames = (shapes.audio[1] - 1) * 4 + 1
+        mel_frames = (shapes.audio[1] - 1) * AUDIO_LATENT_DOWNSAMPLE + 1
         dd = arch.config["audio_vae"]["model"]["params"]["ddconfig"]
         mel = torch.randn(1, dd.get("in_channels", 2), mel_frames, dd.get("mel_bins", 64), dtype=dtype)
         tracker.add(pixels, "inputs")

@@ -67,7 +67,7 @@ def preflight(job: JobConfig, est: Estimate | None = None) -> list[str]:
                 "; no ZeRO stage, gradient checkpointing setting or up to 4x the workers fits: lower "
                 "request.resolution or request.number_of_frames, or use larger GPUs")
         elif use.name == "previewing rank 0":
-            text += ("; set train.validation_batch_guidance=false (one guidance pass at a time) or a lower "
+            text += ("; set preview.batch_guidance=false (one guidance pass at a time) or a lower "
                      "request.validation_resolution")
         else:
             text += "; give the encoder actors GPUs with more memory"

@@ -71,11 +71,6 @@ class StorageTracker(TorchDispatchMode):
         self.live[kind] += size
         entry[1] = kind
 
-    def bytes_of(self, tensors) -> int:
-        """Bytes of the distinct storages under `tensors`."""
-        seen = {id(t.untyped_storage()): t.untyped_storage().nbytes() for t in tensors}
-        return sum(seen.values())
-
     def reset_peak(self) -> None:
         self.peak = self.current
         self.at_peak = dict(self.live)

@@ -5,4 +5,5 @@
     stages.py     the Ray Data decode/fit and encode stages
     report.py     the preprocessing report
     pipeline.py   `preprocess`: plan on the driver, run the stages, publish the cache
+    reader.py     a training worker's random access to the cache's samples, by number
 """

@@ -1,11 +1,13 @@
 """The latent cache: its key, its completion marker, and the lookup that trusts only verified shards.
 
-`<storage_path>/<run>/latents/<key>/` holds one writer's folder per build,
-`<writer>/shards/*.parquet` and `<writer>/report.json`, and `_COMPLETE.json`, written
-last: it publishes the cache and lists its shards with their sizes and SHA-256. Readers
-read only the listed shards, so two writers can never mix theirs; a cache whose shards do
-not match its marker is named, deleted and rebuilt, and writer folders no marker lists (a
-writer that died) are removed.
+One cache per storage, shared by its runs (`storage.latent_cache_path`, default `<storage_path>/latents`):
+`<latents>/<key>/` holds one writer's folder per build, `<writer>/shards/*.parquet` and
+`<writer>/report.json`, and `_COMPLETE.json`, written last: it publishes the cache and lists its
+shards with their sizes and SHA-256. Readers read only the listed shards, so a writer's files are
+never read before its marker lists them. One driver builds a key at a time, holding the key's lease
+(`<key>/_LEASE.json`, `ltx_ray.lease`); a driver of another run that needs the same key waits for it
+and reads the result. The holder alone deletes: a cache whose shards do not match its marker (named,
+then rebuilt) and writer folders no marker lists (builds that died).
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import json
 import logging
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow.fs as pafs
 
 from ltx_ray.config.schema import JobConfig
-from ltx_ray.storage import file_sha256, join, read_bytes, resolve_filesystem, retrying, storage_uri, write_bytes
+from ltx_ray.lease import LEASE_FILE, Lease, LeaseHeld
+from ltx_ray.run_store import RunStore
+from ltx_ray.storage import join
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +55,6 @@ class LatentCache:
     def writer_uri(self) -> str:
         return join(self.uri, self.writer)
 
-    def dataset(self):
-        """The cached latents of the accepted pairs, as a Ray Dataset (the marker's shards, no others)."""
-        import ray.data
-        from ray.data.expressions import col
-
-        fs, path = resolve_filesystem(self.uri, self.storage)
-        ds = ray.data.read_parquet([join(path, s) for s in self.shards], filesystem=fs)
-        ds = ds.select_columns(["index", "error", "latents"])
-        return ds.filter(expr=col("error") == "").select_columns(["index", "latents"])
-
 
 def cache_key(job: JobConfig, archive_sha256: str, model_identity: str) -> str:
     """A digest of everything that changes the latents: data, model and every preprocessing knob."""
@@ -84,61 +79,97 @@ def cache_key(job: JobConfig, archive_sha256: str, model_identity: str) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def find_cache(job: JobConfig, run: str, key: str) -> LatentCache | None:
-    """The complete, verified cache for `key`, or None.
-
-    Writer folders that no marker lists are left over from a writer that stopped, and are deleted;
-    a cache whose shards do not match its marker is named, deleted and rebuilt.
-    """
-    uri = cache_uri(job, run, key)
-    fs, path = resolve_filesystem(uri, job.storage)
-    entries = retrying(f"listing {uri}", lambda: fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)),
-                       job.storage)
-    names = {e.base_name: e for e in entries}
-    marker, problem = None, ""
-    if COMPLETE_MARKER in names:
-        try:
-            marker = json.loads(read_bytes(fs, join(path, COMPLETE_MARKER), job.storage, join(uri, COMPLETE_MARKER)))
-            if marker.get("format") != CACHE_FORMAT or not isinstance(marker.get("shards"), list):
-                marker, problem = None, f"its {COMPLETE_MARKER} is of an earlier format"
-        except ValueError:
-            problem = f"its {COMPLETE_MARKER} is damaged"
-    if marker is not None:
-        problem = _verify_shards(fs, path, uri, marker["shards"], job)
-    if problem:
-        log.warning("latent cache %s is unusable (%s): deleting it and rebuilding", uri, problem)
-        retrying(f"deleting {uri}", lambda: fs.delete_dir(path), job.storage, where=uri)
+def find_cache(store: RunStore, key: str) -> LatentCache | None:
+    """The complete, verified cache of `key`, or None. Reads only: what is wrong is `clean`'s, under the key's lease."""
+    uri = cache_uri(store, key)
+    marker, problem = _marker(store, uri)
+    if marker is None or problem or _verify_shards(store, uri, marker["shards"]):
         return None
-    for name, entry in names.items():
-        if entry.type == pafs.FileType.Directory and name != (marker or {}).get("writer"):
-            log.warning("deleting an incomplete latent cache write (listed by no %s): %s", COMPLETE_MARKER,
-                        join(uri, name))
-            retrying(f"deleting {join(uri, name)}", lambda: fs.delete_dir(entry.path), job.storage)
-    if marker is None:
-        return None
-    report = json.loads(read_bytes(fs, join(path, marker["writer"], REPORT_FILE), job.storage,
-                                   join(uri, marker["writer"], REPORT_FILE)))
-    return LatentCache(uri=uri, key=key, hit=True, report=report, storage=job.storage, writer=marker["writer"],
+    report = json.loads(store.read(join(uri, marker["writer"], REPORT_FILE)))
+    return LatentCache(uri=uri, key=key, hit=True, report=report, storage=store.storage, writer=marker["writer"],
                        shards=[s["path"] for s in marker["shards"]])
 
 
-def _verify_shards(fs: pafs.FileSystem, root: str, uri: str, shards: list[dict], job: JobConfig) -> str:
+@contextmanager
+def building(store: RunStore, key: str) -> Iterator[LatentCache | None]:
+    """Hold the build of `key` for the block: yields None (build it), or the cache that the driver of another
+    run built while this one waited for it (then no lease is held)."""
+    uri = cache_uri(store, key)
+    lease = Lease(store, join(uri, LEASE_FILE), label=f"latent cache {uri}")
+    told = False
+    while True:
+        try:
+            lease.acquire()
+            break
+        except LeaseHeld as held:
+            if not told:
+                h = held.holder
+                log.info("latent cache %s is being built by another driver (pid %s on %s): waiting for it", uri,
+                         h.get("pid", "?"), h.get("host", "?"))
+                told = True
+        time.sleep(min(5.0, lease.timeout / 4))
+        cached = find_cache(store, key)
+        if cached is not None:
+            yield cached
+            return
+    try:
+        yield find_cache(store, key)  # built by the driver this one waited for, or still to build
+    finally:
+        lease.release()
+
+
+def clean(store: RunStore, key: str) -> None:
+    """Under the key's lease: delete a cache whose marker or shards are wrong (named in the log), and writer
+    folders no marker lists (builds that stopped before publishing)."""
+    uri = cache_uri(store, key)
+    marker, problem = _marker(store, uri)
+    if marker is not None and not problem:
+        problem = _verify_shards(store, uri, marker["shards"])
+    keep, damaged = (marker or {}).get("writer"), None
+    if problem:
+        log.warning("latent cache %s is unusable (%s): deleting it and rebuilding", uri, problem)
+        store.delete(join(uri, COMPLETE_MARKER))  # first: from here on nobody trusts its shards
+        keep, damaged = None, (marker or {}).get("writer")
+    for entry in store.list(uri):
+        if entry.type != pafs.FileType.Directory or entry.base_name == keep:
+            continue
+        if entry.base_name != damaged:
+            log.warning("deleting an incomplete latent cache write (listed by no %s): %s", COMPLETE_MARKER,
+                        join(uri, entry.base_name))
+        store.delete(join(uri, entry.base_name))
+
+
+def _marker(store: RunStore, uri: str) -> tuple[dict | None, str]:
+    """The cache's completion marker (None when there is none) and what is wrong with it ("" when nothing)."""
+    where = join(uri, COMPLETE_MARKER)
+    if not store.is_file(where):
+        return None, ""
+    try:
+        marker = json.loads(store.read(where))
+    except ValueError:
+        return None, f"its {COMPLETE_MARKER} is damaged"
+    if marker.get("format") != CACHE_FORMAT or not isinstance(marker.get("shards"), list):
+        return None, f"its {COMPLETE_MARKER} is of an earlier format"
+    return marker, ""
+
+
+def _verify_shards(store: RunStore, uri: str, shards: list[dict]) -> str:
     """Why the marker's shards are not what it says ("" when every size and SHA-256 matches)."""
     for shard in shards:
         where = join(uri, shard["path"])
-        info = retrying(f"looking up {where}", lambda: fs.get_file_info(join(root, shard["path"])), job.storage)
+        info = store.info(where)
         if info.type != pafs.FileType.File:
             return f"{where} is missing"
         if info.size != shard["size"]:
             return f"{where} is {info.size} bytes, the marker says {shard['size']}"
-        if file_sha256(fs, join(root, shard["path"]), job.storage, where) != shard["sha256"]:
+        if store.sha256(where) != shard["sha256"]:
             return f"{where} does not match its checksum"
     return ""
 
 
-def cache_uri(job: JobConfig, run: str, key: str) -> str:
-    """Where the latent cache of `key` lives: `<storage_path>/<run>/latents/<key>`."""
-    return storage_uri(job.storage, run, "latents", key)
+def cache_uri(store: RunStore, key: str) -> str:
+    """Where the latent cache of `key` lives: `<latents>/<key>`, shared by every run of the storage."""
+    return join(store.latents, key)
 
 
 def new_writer() -> str:
@@ -146,33 +177,29 @@ def new_writer() -> str:
     return f"w-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
 
 
-def listed_shards(job: JobConfig, uri: str, writer: str) -> list[dict[str, Any]]:
+def listed_shards(store: RunStore, uri: str, writer: str) -> list[dict[str, Any]]:
     """The writer's shards as the marker lists them: path under the cache, size and SHA-256."""
-    fs, path = resolve_filesystem(uri, job.storage)
     where = join(uri, writer, "shards")
-    files = retrying(f"listing {where}", lambda: fs.get_file_info(pafs.FileSelector(join(path, writer, "shards"))),
-                     job.storage)
+    files = store.list(where)
     return [{"path": f"{writer}/shards/{f.base_name}", "size": f.size,
-             "sha256": file_sha256(fs, f.path, job.storage, join(where, f.base_name))}
+             "sha256": store.sha256(join(where, f.base_name))}
             for f in sorted(files, key=lambda f: f.base_name) if f.type == pafs.FileType.File]
 
 
-def write_report(job: JobConfig, uri: str, writer: str, report: dict[str, Any]) -> None:
+def write_report(store: RunStore, uri: str, writer: str, report: dict[str, Any]) -> None:
     """The build's report, beside its shards."""
-    fs, path = resolve_filesystem(uri, job.storage)
-    _write_json(fs, join(path, writer, REPORT_FILE), report, job)
+    _write_json(store, join(uri, writer, REPORT_FILE), report)
 
 
-def publish(job: JobConfig, uri: str, key: str, writer: str, shards: list[dict[str, Any]],
+def publish(store: RunStore, uri: str, key: str, writer: str, shards: list[dict[str, Any]],
             report: dict[str, Any]) -> "LatentCache":
     """Write the completion marker, last: from here on the cache exists, holding exactly these shards."""
-    fs, path = resolve_filesystem(uri, job.storage)
-    _write_json(fs, join(path, COMPLETE_MARKER), {"key": key, "format": CACHE_FORMAT, "pairs": report["pairs_out"],
-                                                  "writer": writer, "shards": shards}, job)
+    _write_json(store, join(uri, COMPLETE_MARKER), {"key": key, "format": CACHE_FORMAT, "pairs": report["pairs_out"],
+                                                    "writer": writer, "shards": shards})
     log.info("latent cache written: %s", uri)
-    return LatentCache(uri=uri, key=key, hit=False, report=report, storage=job.storage, writer=writer,
+    return LatentCache(uri=uri, key=key, hit=False, report=report, storage=store.storage, writer=writer,
                        shards=[s["path"] for s in shards])
 
 
-def _write_json(fs: pafs.FileSystem, path: str, data: dict, job: JobConfig) -> None:
-    write_bytes(fs, path, json.dumps(data, indent=2).encode(), job.storage)
+def _write_json(store: RunStore, uri: str, data: dict) -> None:
+    store.write(uri, json.dumps(data, indent=2).encode())

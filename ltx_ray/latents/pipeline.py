@@ -1,9 +1,10 @@
-"""`preprocess`: the training pairs -> latents in the run's storage, with Ray Data.
+"""`preprocess`: the training pairs -> latents in the storage's latent cache, with Ray Data.
 
 In the order data flows:
 
 1. on the driver: fetch the archive, hash it, and look the cache key up
-   (`ltx_ray.latents.cache`); on a hit nothing else runs. On a miss: extract, pair and
+   (`ltx_ray.latents.cache`); on a hit nothing else runs. On a miss: take the key's lease
+   (or wait for the driver of another run that is building the same key), extract, pair and
    probe (cheap, and the 422-style errors belong before any cluster time), then stage
    the archive where every node can read it;
 2. the Ray Data stages (`ltx_ray.latents.stages`): decode and fit each pair on CPU tasks,
@@ -21,57 +22,48 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 import ray.data
-import torch
-from ray.data.collate_fn import NumpyBatchCollateFn
 
 from ltx_ray import lease, tempdirs
-from ltx_ray.config.load import redact_url, run_name as derive_run_name
+from ltx_ray.config.display import redact_url
+from ltx_ray.config.naming import run_name as derive_run_name
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.latents import cache as latent_cache, report as run_report
-from ltx_ray.latents.blobs import unpack_tensors
-from ltx_ray.latents.cache import LATENT_TENSORS, LatentCache, cache_key, cache_uri, find_cache
+from ltx_ray.latents.cache import LatentCache, cache_key, cache_uri, find_cache
+from ltx_ray.run_store import RunStore
 from ltx_ray.fetch import content_hash, fetch
 from ltx_ray.latents.stages import LARGE_BUFFER_ENV, Encode, decode_stage
 from ltx_ray.errors import DatasetError, Problem
 from ltx_ray.ray_cluster import init_ray
-from ltx_ray.storage import is_local, join, local_path, resolve_filesystem, storage_uri, upload
+from ltx_ray.storage import is_local, join, local_path, resolve_filesystem, upload
 
 log = logging.getLogger(__name__)
 
 
-class UnpackLatents(NumpyBatchCollateFn):
-    """`collate_fn` for `iter_torch_batches`: the cached safetensors blobs as stacked tensors."""
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        rows = [unpack_tensors(blob) for blob in batch["latents"]]
-        out = {col: torch.stack([r[col] for r in rows]) for col in LATENT_TENSORS}
-        out["index"] = torch.tensor(np.array(batch["index"], dtype=np.int64))
-        return out
-
-
-def build_latent_cache(job: JobConfig, run: str | None = None) -> LatentCache:
-    """Return the latent cache for this job, building it with Ray Data on a miss."""
+def build_latent_cache(job: JobConfig, store: RunStore | None = None) -> LatentCache:
+    """Return the latent cache for this job, building it with Ray Data on a miss (`store`: the run's)."""
     from ltx_ray.model.loader import checkpoint_identity
 
-    run = run or derive_run_name(job)
+    store = store or RunStore(job.storage, derive_run_name(job))
     workdir = tempdirs.make("prep")
     try:
         archive = fetch(job.request.training_data_url, workdir, storage=job.storage)
         key = cache_key(job, content_hash(archive), checkpoint_identity(job.model.checkpoint))
-        cached = find_cache(job, run, key)
-        if cached is not None:
-            log.info("latent cache hit: %s (%d pairs); no clip is decoded", cached.uri, cached.report["pairs_out"])
-            return cached
-        rows, report = _plan(job, archive, workdir)
-        staged = _stage_archive(job, run, key, archive)
-        for row in rows:
-            row["archive_uri"] = staged
-        return _run_pipeline(job, run, key, rows, report)
+        cached = find_cache(store, key)
+        if cached is None:
+            with latent_cache.building(store, key) as cached:
+                if cached is None:
+                    latent_cache.clean(store, key)
+                    rows, report = _plan(job, archive, workdir)
+                    staged = _stage_archive(job, store, key, archive)
+                    for row in rows:
+                        row["archive_uri"] = staged
+                    return _run_pipeline(job, store, key, rows, report)
+        log.info("latent cache hit: %s (%d pairs); no clip is decoded", cached.uri, cached.report["pairs_out"])
+        return cached
     finally:
         tempdirs.remove(workdir)
 
@@ -93,7 +85,7 @@ def _plan(job: JobConfig, archive: Path, workdir: Path) -> tuple[list[dict], dic
     return rows, report
 
 
-def _stage_archive(job: JobConfig, run: str, key: str, archive: Path) -> str:
+def _stage_archive(job: JobConfig, store: RunStore, key: str, archive: Path) -> str:
     """A URI of the archive that every node can read: the user's own when it already is one."""
     source = job.request.training_data_url
     if not is_local(source) and source.split("://", 1)[0].lower() in ("s3", "gs", "gcs"):
@@ -101,7 +93,7 @@ def _stage_archive(job: JobConfig, run: str, key: str, archive: Path) -> str:
     if is_local(source) and is_local(job.storage.storage_path):
         return str(local_path(source).absolute())
     # http(s) downloads, or a local archive with remote storage: copy it next to the run once.
-    return upload(archive, storage_uri(job.storage, run, "inputs", f"{key}.zip"), job.storage)
+    return store.upload(archive, join(store.inputs, f"{key}.zip"))
 
 
 def publish_debug_dataset(job: JobConfig, cache: LatentCache, out_uri: str) -> str | None:
@@ -124,11 +116,11 @@ def publish_debug_dataset(job: JobConfig, cache: LatentCache, out_uri: str) -> s
     return out_uri
 
 
-def _run_pipeline(job: JobConfig, run: str, key: str, rows: list[dict], report: dict[str, Any]) -> LatentCache:
+def _run_pipeline(job: JobConfig, store: RunStore, key: str, rows: list[dict], report: dict[str, Any]) -> LatentCache:
     """Decode, encode and write the cache; the completion marker goes last."""
     c = job.cluster
-    uri = cache_uri(job, run, key)
-    fs, path = resolve_filesystem(uri, job.storage)
+    uri = cache_uri(store, key)
+    fs, path = store.filesystem(uri)
     writer = latent_cache.new_writer()
     started = time.perf_counter()
     ds = decode_stage(job, rows, debug_uri=join(uri, writer, "debug"))
@@ -144,23 +136,24 @@ def _run_pipeline(job: JobConfig, run: str, key: str, rows: list[dict], report: 
     ds.write_parquet(join(path, writer, "shards"), filesystem=fs)
     seconds = time.perf_counter() - started
 
-    shards = latent_cache.listed_shards(job, uri, writer)
+    shards = latent_cache.listed_shards(store, uri, writer)
     table = pq.read_table([join(path, s["path"]) for s in shards], filesystem=fs, columns=run_report.COLUMNS)
     report = run_report.summarize(report, table.to_pylist(), seconds)
-    latent_cache.write_report(job, uri, writer, report)
+    latent_cache.write_report(store, uri, writer, report)
     if report["pairs_out"] == 0:
         raise DatasetError(
             [Problem(f["name"], f["reason"]) for f in report["failed"]]
             or Problem("request.training_data_url", "no pair could be preprocessed")
         )
-    return latent_cache.publish(job, uri, key, writer, shards, report)
+    return latent_cache.publish(store, uri, key, writer, shards, report)
 
 
 def run_preprocess(job: JobConfig) -> LatentCache:
     """`ltx-ray preprocess`: build (or find) the latent cache and print where it is."""
     init_ray(job)
-    with lease.hold(job, derive_run_name(job)):
-        cache = build_latent_cache(job)
+    store = RunStore(job.storage, derive_run_name(job))
+    with lease.hold(store):
+        cache = build_latent_cache(job, store)
     r = cache.report
     state = "found (cache hit, nothing decoded)" if cache.hit else "built"
     print(f"latent cache {state}: {cache.uri}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 import zipfile
@@ -135,7 +134,6 @@ def _decode_pair(pair: dict[str, Any], request, storage, debug_uri: str) -> pa.T
     from ltx_ray.clips.pairs import PairFiles
 
     name = pair["name"]
-    _note_decode(name)
     started = time.perf_counter()
     tmp = tempdirs.make("pair")
     error, media, decoded = "", b"", 0
@@ -173,22 +171,14 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _note_decode(name: str) -> None:
-    # Observability hook: with LTX_RAY_DECODE_LOG set (in the Ray workers' environment), every
-    # pair this stage decodes is appended to that file. Tests count real decodes with it.
-    target = os.environ.get("LTX_RAY_DECODE_LOG")
-    if target:
-        with open(target, "a") as f:
-            f.write(name + "\n")
-
-
 class Encode:
     """Ray Data actor stage: load the VAE encoders and the text encoder once, encode each pair."""
 
     def __init__(self, model_cfg, use_gpu: bool, precision: str):
         import torch
 
-        from ltx_ray.model.loader import load_audio_encoder, load_text_encoder, load_video_encoder, precision_dtype
+        from ltx_ray.model.av2av import precision_dtype
+        from ltx_ray.model.loader import load_audio_encoder, load_text_encoder, load_video_encoder
 
         self.device = torch.device("cuda" if use_gpu else "cpu")
         torch.set_num_threads(1)  # one CPU per actor (`ltx_ray.latents.pipeline`)

@@ -4,8 +4,10 @@
 - `tiny`      writes a tiny random checkpoint + Gemma-3 directory in the same format (tests, demo).
 - `encode`    batch encoders/decoders: frames, waveforms and captions to latents and back.
 - `tokens`    patchify and RoPE positions of target and reference tokens; the sigma sampler.
+- `av2av`     what training, sampling and estimation share: the reference scaling, the sequence
+              positions, the latent geometry, the LoRA model and the job's dtype.
 - `objective` the av2av IC-LoRA training step (a pure function of model, batch, generator).
-- `lora`      PEFT LoRA on the transformer and the LoRA file ltx-core can fuse.
+- `lora`      PEFT LoRA on the transformer and the LoRA file ltx-core can fuse (`export_lora`, `LoraMetadata`).
 
 Nothing here reaches into DeepSpeed: ZeRO-3's partitioned build and its gathers are in
 `ltx_ray.train.zero3`, on top of `loader.transformer_blueprint` / `transformer_tensors`.

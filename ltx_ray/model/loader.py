@@ -107,11 +107,6 @@ def read_checkpoint_config(checkpoint: str | Path) -> dict[str, Any]:
         raise ModelError(Problem(str(path), f"the 'config' metadata is not valid JSON: {exc}")) from None
 
 
-def precision_dtype(precision: str) -> torch.dtype:
-    """The torch dtype of a `cluster.precision` ("bf16" or "fp32"): what every model of the job is built in."""
-    return torch.bfloat16 if precision == "bf16" else torch.float32
-
-
 def load_transformer(
     checkpoint: str | Path,
     *,

@@ -1,9 +1,10 @@
 """PEFT LoRA on the LTX transformer, and the LoRA file that ltx-core's own loader fuses.
 
-The file: safetensors, bf16, keys `diffusion_model.<module>.lora_A.weight` /
-`.lora_B.weight` (LTX/ComfyUI naming: PEFT's `base_model.model.` prefix and
-adapter name removed), string metadata. LTX LoRA files carry no alpha and are
-fused as W += strength·B·A, so alpha == rank here (PEFT scale 1).
+The file (`export_lora` writes it, into every checkpoint; the job's output is the final checkpoint's
+copy): safetensors, bf16, keys `diffusion_model.<module>.lora_A.weight` / `.lora_B.weight` (LTX/ComfyUI
+naming: PEFT's `base_model.model.` prefix and adapter name removed), and the string metadata of
+`LoraMetadata`. LTX LoRA files carry no alpha and are fused as W += strength·B·A, so alpha == rank here
+(PEFT scale 1).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ltx_ray import __version__
+from ltx_ray.config.scaling import ReferenceScaling
+from ltx_ray.config.schema import JobConfig
 from ltx_ray.errors import ModelError, Problem
 
 # Every attention of a block: video and audio self- and text-attention, and the audio<->video
@@ -27,9 +31,25 @@ from ltx_ray.errors import ModelError, Problem
 DEFAULT_TARGETS = ("attn1", "attn2", "audio_attn1", "audio_attn2", "audio_to_video_attn", "video_to_audio_attn")
 FEED_FORWARD_TARGETS = ("ff.net.0.proj", "ff.net.2", "audio_ff.net.0.proj", "audio_ff.net.2")
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
+# What an av2av IC-LoRA file says it is (`training_type` in its metadata and in the job's config file).
 TRAINING_TYPE = "av2av_ic_lora"
 KEY_PREFIX = "diffusion_model."
 _ADAPTER = "default"
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """Which LoRA the transformer gets: its rank (alpha = rank), the attention it adapts, and the feed-forward too?"""
+
+    rank: int
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+    include_feed_forward: bool = False
+
+    @classmethod
+    def from_job(cls, job: JobConfig) -> "LoraSettings":
+        """`request.rank`, `model.lora_targets` and `model.lora_include_feed_forward`."""
+        m = job.model
+        return cls(job.request.rank, tuple(m.lora_targets or DEFAULT_TARGETS), m.lora_include_feed_forward)
 
 
 def lora_target_modules(
@@ -49,13 +69,8 @@ def lora_target_modules(
     return names
 
 
-def apply_lora(
-    transformer: torch.nn.Module,
-    rank: int,
-    *,
-    targets: Iterable[str] = DEFAULT_TARGETS,
-    include_feed_forward: bool = False,
-) -> PeftModel:
+def apply_lora(transformer: torch.nn.Module, rank: int, *, targets: Iterable[str] = DEFAULT_TARGETS,
+               include_feed_forward: bool = False) -> PeftModel:
     """Wrap `transformer` in a PEFT LoRA (rank `rank`, alpha = rank, no dropout); only LoRA params train.
 
     B starts at zero, so the wrapped model initially computes exactly the base model.
@@ -73,16 +88,8 @@ def apply_lora(
     return model
 
 
-def trainable_lora_model(
-    transformer: torch.nn.Module,
-    rank: int,
-    *,
-    targets: Iterable[str] = DEFAULT_TARGETS,
-    include_feed_forward: bool = False,
-    gradient_checkpointing: bool = False,
-    dtype: torch.dtype,
-    device: torch.device | str | None = None,
-) -> PeftModel:
+def trainable_lora_model(transformer: torch.nn.Module, lora: LoraSettings, *, gradient_checkpointing: bool = False,
+                         dtype: torch.dtype, device: torch.device | str | None = None) -> PeftModel:
     """The transformer as training steps it: ltx-core's gradient checkpointing set as asked, our LoRA
     (`apply_lora`), the adapters in the base's `dtype` (on `device`, default: where they are), in train mode.
 
@@ -92,7 +99,7 @@ def trainable_lora_model(
     """
     if gradient_checkpointing:
         transformer.set_gradient_checkpointing(True)
-    model = apply_lora(transformer, rank, targets=targets, include_feed_forward=include_feed_forward)
+    model = apply_lora(transformer, lora.rank, targets=lora.targets, include_feed_forward=lora.include_feed_forward)
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.to(device=device if device is not None else p.device, dtype=dtype)
@@ -119,38 +126,57 @@ def lora_state_dict(model: torch.nn.Module, *, gathered=None) -> dict[str, torch
         return {_ltx_key(name): param.detach().to("cpu", torch.float32).clone() for name, param in named}
 
 
-def lora_metadata(
-    *,
-    rank: int,
-    trigger_phrase: str,
-    reference_downscale_factor: int,
-    reference_temporal_scale_factor: int,
-    base_model: str,
-    **extra: object,
-) -> dict[str, str]:
-    """The metadata strings an av2av IC-LoRA file carries (plus any `extra` entries)."""
-    meta = {
-        "training_type": TRAINING_TYPE,
-        "rank": rank,
-        "alpha": rank,
-        "trigger_phrase": trigger_phrase,
-        "reference_downscale_factor": reference_downscale_factor,
-        "reference_temporal_scale_factor": reference_temporal_scale_factor,
-        "base_model": base_model,
-        **extra,
-    }
-    return {k: str(v) for k, v in meta.items()}
+def base_model_name(job: JobConfig) -> str:
+    """The base checkpoint's file name, recorded in the LoRA's metadata and the job's config file."""
+    return Path(job.model.checkpoint.split("?", 1)[0]).name
 
 
-def save_lora_file(state_dict: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, object]) -> Path:
-    """Write the LoRA as bf16 safetensors with string metadata; returns the path."""
+@dataclass(frozen=True)
+class LoraMetadata:
+    """What an av2av IC-LoRA file records about its training: stored as strings (`strings()`) in the file.
+
+    ltx-core's readers take the reference factors from it (`read_lora_reference_*`), as
+    `ltx-ray generate` does (`ReferenceScaling.from_lora_metadata`).
+    """
+
+    rank: int
+    trigger_phrase: str
+    reference_downscale_factor: int
+    reference_temporal_scale_factor: int
+    base_model: str
+    ltx_ray_version: str = __version__
+
+    @classmethod
+    def from_job(cls, job: JobConfig) -> "LoraMetadata":
+        """The metadata of the LoRA this job trains."""
+        r = job.request
+        return cls(rank=r.rank, trigger_phrase=r.trigger_phrase,
+                   reference_downscale_factor=r.reference_downscale_factor,
+                   reference_temporal_scale_factor=r.reference_temporal_scale_factor,
+                   base_model=base_model_name(job))
+
+    def strings(self) -> dict[str, str]:
+        """The file's metadata: `training_type`, `rank`, `alpha` (= rank) and every field, as strings."""
+        return {"training_type": TRAINING_TYPE, "rank": str(self.rank), "alpha": str(self.rank),
+                "trigger_phrase": self.trigger_phrase,
+                "reference_downscale_factor": str(self.reference_downscale_factor),
+                "reference_temporal_scale_factor": str(self.reference_temporal_scale_factor),
+                "base_model": self.base_model, "ltx_ray_version": self.ltx_ray_version}
+
+
+def export_lora(state_dict: Mapping[str, torch.Tensor], path: str | Path, metadata: LoraMetadata) -> Path:
+    """Write the LoRA file: `state_dict` (`lora_state_dict`'s LTX keys) as bf16 safetensors with `metadata`.
+
+    The one writer of the file users get: every checkpoint holds one (`train.checkpoint.CheckpointWriter`),
+    and the job's `lora_file` output is the final checkpoint's, copied (`train.outputs.publish`).
+    """
     bad = [k for k in state_dict if not (k.startswith(KEY_PREFIX) and k.endswith((".lora_A.weight", ".lora_B.weight")))]
     if bad:
         raise ValueError(f"not LTX LoRA keys: {bad[:5]}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu", torch.bfloat16).contiguous() for k, v in state_dict.items()}
-    save_file(tensors, str(path), metadata={str(k): str(v) for k, v in metadata.items()})
+    save_file(tensors, str(path), metadata=metadata.strings())
     return path
 
 
@@ -165,12 +191,14 @@ def read_lora_metadata(path: str | Path) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class IcLoraFile:
-    """An av2av IC-LoRA file checked against a checkpoint: its path, metadata and reference factors."""
+    """An av2av IC-LoRA file checked against a checkpoint: its path and metadata."""
 
     path: Path
     metadata: dict[str, str]
-    reference_downscale_factor: int
-    reference_temporal_scale_factor: int
+
+    def scaling(self, frame_rate: float) -> ReferenceScaling:
+        """The reference scaling the LoRA was trained with, for clips at `frame_rate`."""
+        return ReferenceScaling.from_lora_metadata(self.metadata, frame_rate=frame_rate, name=str(self.path))
 
 
 def check_ic_lora(path: str | Path, checkpoint: str | Path) -> IcLoraFile:
@@ -217,22 +245,9 @@ def check_ic_lora(path: str | Path, checkpoint: str | Path) -> IcLoraFile:
         more = f" and {len(misfits) - 5} more" if len(misfits) > 5 else ""
         raise ModelError(Problem(name, f"does not fit the checkpoint {Path(str(checkpoint)).name}: "
                                        f"{'; '.join(misfits[:5])}{more}"))
-    return IcLoraFile(
-        path=path,
-        metadata=meta,
-        reference_downscale_factor=_factor(meta, "reference_downscale_factor", name),
-        reference_temporal_scale_factor=_factor(meta, "reference_temporal_scale_factor", name),
-    )
-
-
-def _factor(meta: Mapping[str, str], key: str, name: str) -> int:
-    try:
-        value = int(meta.get(key, 1))
-    except ValueError:
-        raise ModelError(Problem(name, f"metadata {key}={meta[key]!r} is not an integer")) from None
-    if not 1 <= value <= 8:
-        raise ModelError(Problem(name, f"metadata {key}={value} is outside 1..8"))
-    return value
+    checked = IcLoraFile(path=path, metadata=meta)
+    checked.scaling(frame_rate=1.0)  # refuses factors outside 1..8 now, before any model is loaded
+    return checked
 
 
 def _ltx_key(peft_name: str) -> str:

@@ -21,15 +21,8 @@ from typing import Sequence, Union
 import torch
 from ltx_core.model.transformer.modality import Modality
 
-from ltx_ray.model.tokens import (
-    audio_positions,
-    patchify_audio,
-    patchify_video,
-    reference_conditioned_modality,
-    reference_video_positions,
-    sample_sigmas,
-    video_positions,
-)
+from ltx_ray.model.av2av import ReferenceScaling, audio_sequence_positions, video_sequence_positions
+from ltx_ray.model.tokens import patchify_audio, patchify_video, reference_conditioned_modality, sample_sigmas
 
 # One generator for the whole batch, or one per sample (each draws that sample's σ and ε, video then audio).
 Generators = Union[torch.Generator, Sequence[torch.Generator]]
@@ -52,53 +45,32 @@ class ModalityInputs:
     reference_tokens: int
 
 
-def av2av_inputs(
-    batch: dict[str, torch.Tensor],
-    generator: Generators,
-    *,
-    reference_downscale_factor: int = 1,
-    reference_temporal_scale_factor: int = 1,
-    frame_rate: float = 24.0,
-) -> tuple[ModalityInputs, ModalityInputs]:
-    """Noise the targets and build the (video, audio) transformer inputs of one av2av step."""
+def av2av_inputs(batch: dict[str, torch.Tensor], generator: Generators,
+                 scaling: ReferenceScaling = ReferenceScaling()) -> tuple[ModalityInputs, ModalityInputs]:
+    """Noise the targets and build the (video, audio) transformer inputs of one av2av step.
+
+    `scaling`: how the batch's references were scaled, and the clips' frame rate (the token positions).
+    """
     missing = [k for k in BATCH_KEYS if k not in batch]
     if missing:
         raise KeyError(f"av2av batch lacks {missing}")
     video, ref_video = batch["video"], batch["ref_video"]
-    b, _, frames, height, width = video.shape
-    _, _, ref_frames, ref_height, ref_width = ref_video.shape
-    device = video.device
-
-    target_pos = video_positions(b, frames, height, width, frame_rate, device=device)
-    ref_pos = reference_video_positions(
-        b, ref_frames, ref_height, ref_width, frame_rate,
-        downscale_factor=reference_downscale_factor,
-        temporal_scale_factor=reference_temporal_scale_factor,
-        device=device,
-    )
     video_inputs = _modality_inputs(
-        patchify_video(ref_video), patchify_video(video), ref_pos, target_pos,
+        patchify_video(ref_video), patchify_video(video),
+        video_sequence_positions(ref_video.shape, video.shape, scaling, device=video.device),
         batch["video_context"], batch["context_mask"], generator,
     )
-
     audio, ref_audio = batch["audio"], batch["ref_audio"]
     audio_inputs = _modality_inputs(
         patchify_audio(ref_audio), patchify_audio(audio),
-        audio_positions(b, ref_audio.shape[2], device=device), audio_positions(b, audio.shape[2], device=device),
+        audio_sequence_positions(ref_audio.shape[2], audio.shape[2], audio.shape[0], device=audio.device),
         batch["audio_context"], batch["context_mask"], generator,
     )
     return video_inputs, audio_inputs
 
 
-def av2av_loss(
-    model,
-    batch: dict[str, torch.Tensor],
-    generator: Generators,
-    *,
-    reference_downscale_factor: int = 1,
-    reference_temporal_scale_factor: int = 1,
-    frame_rate: float = 24.0,
-) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
+def av2av_loss(model, batch: dict[str, torch.Tensor], generator: Generators,
+               scaling: ReferenceScaling = ReferenceScaling()) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
     """The av2av IC-LoRA loss of one batch; returns (video loss + audio loss, metrics).
 
     `model` is the LTX transformer, bare, wrapped by PEFT, or a DeepSpeed engine
@@ -106,16 +78,12 @@ def av2av_loss(
     Batch: `ref_video` `[B, C, f_ref, h_ref, w_ref]` and `video` `[B, C, f, h, w]`
     video latents; `ref_audio`, `audio` audio latents `[B, C, T, M]`;
     `video_context` `[B, L, Dv]`, `audio_context` `[B, L, Da]`, `context_mask` `[B, L]` (or None: no text token masked).
-    `generator` draws σ and ε (on the batch's device): one for the batch, or one per sample. Metrics: `video_loss`,
+    `generator` draws σ and ε (on the batch's device): one for the batch, or one per sample. `scaling`: the
+    references' scaling and the clips' frame rate (`ReferenceScaling.from_request`). Metrics: `video_loss`,
     `audio_loss`, `sigma_video`, `sigma_audio` (batch means; detached tensors),
     `video_tokens`, `audio_tokens` (target tokens per sample).
     """
-    video_in, audio_in = av2av_inputs(
-        batch, generator,
-        reference_downscale_factor=reference_downscale_factor,
-        reference_temporal_scale_factor=reference_temporal_scale_factor,
-        frame_rate=frame_rate,
-    )
+    video_in, audio_in = av2av_inputs(batch, generator, scaling)
     video_pred, audio_pred = model(video=video_in.modality, audio=audio_in.modality, perturbations=None)
     video_loss = masked_mse(video_pred, video_in)
     audio_loss = masked_mse(audio_pred, audio_in)
@@ -159,8 +127,7 @@ def _draw_sigma_and_noise(generator: Generators, b: int, n_target: int, shape: t
 def _modality_inputs(
     reference: torch.Tensor,
     target: torch.Tensor,
-    reference_positions: torch.Tensor,
-    target_positions: torch.Tensor,
+    positions: torch.Tensor,
     context: torch.Tensor,
     context_mask: torch.Tensor | None,
     generator: Generators,
@@ -176,7 +143,5 @@ def _modality_inputs(
          torch.ones(b, n_target, dtype=torch.bool, device=target.device)],
         dim=1,
     )
-    modality = reference_conditioned_modality(
-        reference, noised, torch.cat([reference_positions, target_positions], dim=2), sigma, context, context_mask
-    )
+    modality = reference_conditioned_modality(reference, noised, positions, sigma, context, context_mask)
     return ModalityInputs(modality, noise - x0, loss_mask, sigma, n_ref)

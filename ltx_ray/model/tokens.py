@@ -19,9 +19,16 @@ from ltx_core.components.patchifiers import AudioPatchifier, VideoLatentPatchifi
 from ltx_core.model.transformer.modality import Modality
 from ltx_core.types import VIDEO_SCALE_FACTORS, AudioLatentShape, VideoLatentShape
 
-AUDIO_SAMPLE_RATE = 16000
-AUDIO_HOP_LENGTH = 160
-AUDIO_LATENT_DOWNSAMPLE = 4
+from ltx_ray.config.resolution import (
+    AUDIO_HOP_LENGTH,
+    AUDIO_LATENT_DOWNSAMPLE,
+    AUDIO_SAMPLE_RATE,
+    SPATIAL_COMPRESSION,
+    TEMPORAL_COMPRESSION,
+)
+
+# ltx-core's own video VAE factors (time, height, width) are the ones our geometry assumes.
+assert tuple(VIDEO_SCALE_FACTORS) == (TEMPORAL_COMPRESSION, SPATIAL_COMPRESSION, SPATIAL_COMPRESSION)
 
 _VIDEO_PATCHIFIER = VideoLatentPatchifier(patch_size=1)
 _AUDIO_PATCHIFIER = AudioPatchifier(

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ltx_ray.config.resolution import AUDIO_SAMPLE_RATE
 from ltx_ray.model.loader import TextEncoder
-from ltx_ray.model.tokens import AUDIO_SAMPLE_RATE
 
 
 @dataclass(frozen=True)

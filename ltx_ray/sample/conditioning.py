@@ -1,4 +1,8 @@
-"""Validation inputs: checked before training, encoded once, read by the previews.
+"""A sample's conditioning: a reference clip and a prompt encoded into a `Conditioning`; the validation set.
+
+`ConditioningEncoder` is the one encoder of a `Conditioning`, for the previews' validation set and
+for `ltx-ray generate`: the fitted reference through the checkpoint's VAE encoders, the prompt and
+the negative prompt through Gemma-3 and the connectors.
 
 `check_validation_inputs` runs on the driver before any compute: every
 reference video is fetched, and one without audio and without a
@@ -20,15 +24,63 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ltx_ray import tempdirs
-from ltx_ray.config.resolution import bucket_size
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.fetch import fetch
 from ltx_ray.clips.media import has_audio
 from ltx_ray.errors import DatasetError, Problem
+from ltx_ray.model.av2av import ReferenceScaling, precision_dtype
 from ltx_ray.sample.sampler import Conditioning
 
 # 2: temporally subsampled references keep frames 0, 1, 1+k, ... (were 0, k, 2k, ...).
 VALIDATION_FORMAT = 2
+
+
+class ConditioningEncoder:
+    """The checkpoint's video and audio VAE encoders and its text encoder, loaded once in the job's precision on
+    `device`: a fitted reference clip and its prompts in, a `Conditioning` out.
+
+    A context manager: the encoders are freed on leaving it (before the transformer loads, in `generate`).
+    """
+
+    def __init__(self, job: JobConfig, device: torch.device):
+        from ltx_ray.model.loader import load_audio_encoder, load_text_encoder, load_video_encoder
+
+        checkpoint, dtype = job.model.checkpoint, precision_dtype(job.cluster.precision)
+        self.video = load_video_encoder(checkpoint, dtype=dtype, device=device)
+        self.audio = load_audio_encoder(checkpoint, dtype=dtype, device=device)
+        self.text = load_text_encoder(job.model.text_encoder, checkpoint, dtype=dtype, device=device)
+        self._prompts: dict[str, object] = {}  # the negative prompt is shared by every sample: encoded once
+
+    def __enter__(self) -> "ConditioningEncoder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.video = self.audio = self.text = None
+        self._prompts.clear()
+
+    def encode(self, reference, prompt: str, negative_prompt: str) -> Conditioning:
+        """The conditioning of one sample: `reference` (a fitted, scaled `FittedClip`) and its two prompts."""
+        from ltx_ray.model.vae import audio_to_latents, video_to_latents
+
+        positive, negative = self._prompt(prompt), self._prompt(negative_prompt)
+        return Conditioning(
+            ref_video=video_to_latents(self.video, torch.from_numpy(reference.video)[None]).cpu(),
+            # The waveform stays float32 into the mel front end; only the encoder runs in the job's dtype.
+            ref_audio=audio_to_latents(self.audio, torch.from_numpy(reference.audio)[None]).cpu(),
+            video_context=positive.video_context, audio_context=positive.audio_context,
+            context_mask=positive.attention_mask,
+            negative_video_context=negative.video_context, negative_audio_context=negative.audio_context,
+            negative_context_mask=negative.attention_mask,
+        )
+
+    def _prompt(self, text: str):
+        from ltx_ray.model.vae import TextContext, encode_text
+
+        if text not in self._prompts:
+            encoded = encode_text(self.text, [text])
+            self._prompts[text] = TextContext(encoded.video_context.cpu(), encoded.audio_context.cpu(),
+                                              encoded.attention_mask.cpu())
+        return self._prompts[text]
 
 
 def check_validation_inputs(job: JobConfig) -> None:
@@ -74,46 +126,27 @@ def validation_key(job: JobConfig, model_identity: str) -> str:
 
 def build_validation_set(job: JobConfig, out_file: Path) -> Path:
     """Fit and encode every validation sample into one safetensors file at `out_file`."""
-    from ltx_ray.clips.ingest import fit_reference
-    from ltx_ray.model.vae import audio_to_latents, encode_text, video_to_latents
-    from ltx_ray.model.loader import load_audio_encoder, load_text_encoder, load_video_encoder, precision_dtype
+    from ltx_ray.clips.ingest import ReferenceFit, fit_reference
 
     r = job.request
     device = torch.device("cuda" if job.cluster.use_gpu and torch.cuda.is_available() else "cpu")
-    dtype = precision_dtype(job.cluster.precision)
-    video_encoder = load_video_encoder(job.model.checkpoint, dtype=dtype, device=device)
-    audio_encoder = load_audio_encoder(job.model.checkpoint, dtype=dtype, device=device)
-    text_encoder = load_text_encoder(job.model.text_encoder, job.model.checkpoint, dtype=dtype, device=device)
-    width, height = bucket_size(r.validation_resolution, r.validation_aspect_ratio)
+    fit, scaling = ReferenceFit.validation(r), ReferenceScaling.from_request(r, validation=True)
     tensors: dict[str, torch.Tensor] = {}
-    negative = encode_text(text_encoder, [r.validation_negative_prompt])
-    tensors["negative_video_context"] = negative.video_context.cpu()
-    tensors["negative_audio_context"] = negative.audio_context.cpu()
-    tensors["negative_context_mask"] = negative.attention_mask.cpu()
     tmp = tempdirs.make("val")
     try:
-        for i, sample in enumerate(r.validation):
-            video_path = fetch(sample.reference_video_url, tmp, storage=job.storage)
-            audio_path = fetch(sample.reference_audio_url, tmp, storage=job.storage) if sample.reference_audio_url else None
-            common = dict(
-                width=width, height=height, frames=r.validation_number_of_frames, frame_rate=r.validation_frame_rate,
-                auto_scale=r.auto_scale_input, audio_normalize=r.audio_normalize,
-                audio_preserve_pitch=r.audio_preserve_pitch,
-            )
-            scaled = fit_reference(
-                video_path, audio_path, downscale_factor=r.reference_downscale_factor,
-                temporal_factor=r.reference_temporal_scale_factor, **common,
-            )
-            # The reel shows the reference at full size, before the training-time scaling.
-            shown = fit_reference(video_path, audio_path, **common)
-            text = encode_text(text_encoder, [sample.prompt])
-            tensors[f"{i}.ref_video"] = video_to_latents(video_encoder, torch.from_numpy(scaled.video)[None]).cpu()
-            # The waveform stays float32 into the mel front end; only the encoder runs in `dtype`.
-            tensors[f"{i}.ref_audio"] = audio_to_latents(audio_encoder, torch.from_numpy(scaled.audio)[None]).cpu()
-            tensors[f"{i}.video_context"] = text.video_context.cpu()
-            tensors[f"{i}.audio_context"] = text.audio_context.cpu()
-            tensors[f"{i}.context_mask"] = text.attention_mask.cpu()
-            tensors[f"{i}.shown_video"] = torch.from_numpy(shown.video)
+        with ConditioningEncoder(job, device) as encoder:
+            for i, sample in enumerate(r.validation):
+                video_path = fetch(sample.reference_video_url, tmp, storage=job.storage)
+                audio_path = (fetch(sample.reference_audio_url, tmp, storage=job.storage)
+                              if sample.reference_audio_url else None)
+                cond = encoder.encode(fit_reference(video_path, audio_path, fit, scaling), sample.prompt,
+                                      r.validation_negative_prompt)
+                for name in ("ref_video", "ref_audio", "video_context", "audio_context", "context_mask"):
+                    tensors[f"{i}.{name}"] = getattr(cond, name)
+                for name in ("video_context", "audio_context", "context_mask"):
+                    tensors[f"negative_{name}"] = getattr(cond, f"negative_{name}")
+                # The reel shows the reference at full size, before the training-time scaling.
+                tensors[f"{i}.shown_video"] = torch.from_numpy(fit_reference(video_path, audio_path, fit).video)
     finally:
         tempdirs.remove(tmp)
     out_file.parent.mkdir(parents=True, exist_ok=True)

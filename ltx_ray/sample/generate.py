@@ -16,16 +16,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ltx_ray import tempdirs
 from ltx_ray.config.resolution import bucket_size
 from ltx_ray.config.schema import JobConfig
-from ltx_ray.fetch import fetch
 from ltx_ray.errors import ConfigError, DatasetError, Problem
+from ltx_ray.fetch import fetch
+from ltx_ray.model.av2av import ReferenceScaling, precision_dtype
+from ltx_ray.sample.conditioning import ConditioningEncoder
+from ltx_ray.sample.render import ClipRenderer, release_cached_memory
+from ltx_ray.sample.sampler import Clip, sample_av2av, sampler_settings, target_shape
 from ltx_ray.storage import is_local, local_path, upload
-from ltx_ray.sample.sampler import Conditioning, guidance_from_config, sample_av2av, target_shape
 
 log = logging.getLogger(__name__)
 
@@ -55,40 +57,38 @@ def generate(job: JobConfig, req: GenerateRequest) -> str:
     try:
         # Every refusal comes before any model is loaded.
         lora = check_ic_lora(fetch(req.lora, tmp, storage=job.storage), job.model.checkpoint)
-        _check_scaling(job, req.lora, lora)
-        scaled, shown = prepare_reference(job, req, lora, tmp)
+        scaling = lora.scaling(frame_rate=r.validation_frame_rate)
+        _check_scaling(job, req.lora, scaling)
+        scaled, shown = prepare_reference(job, req, scaling, tmp)
         width, height = bucket_size(r.validation_resolution, r.validation_aspect_ratio)
 
         # --- models: encoders, then the fused transformer, then the decoders ---------------------
         use_expandable_segments()  # before anything is allocated on the GPU
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        from ltx_ray.model.loader import load_transformer, precision_dtype
+        from ltx_ray.model.loader import load_transformer
 
         dtype = precision_dtype(job.cluster.precision)
         started = time.perf_counter()
-        cond = _encode(job, scaled, req, device, dtype)
+        negative = req.negative_prompt if req.negative_prompt is not None else r.validation_negative_prompt
+        with ConditioningEncoder(job, device) as encoder:
+            cond = encoder.encode(scaled, req.prompt, negative)
+        release_cached_memory(device)
         model = load_transformer(job.model.checkpoint, dtype=dtype, device=device,
                                  lora=(lora.path, req.strength)).eval()
-        shape = target_shape(r, cond)
-        seed = job.seed if req.seed is None else req.seed
-        generator = torch.Generator(device=device).manual_seed(seed)
+        settings = sampler_settings(job, scaling, model)
+        clip = Clip(cond, target_shape(r, cond), job.seed if req.seed is None else req.seed)
         log.info("sampling %d steps at %dx%d, %d frames (reference factors %d, %d; LoRA strength %g) on %s",
-                 job.train.validation_inference_steps, width, height, r.validation_number_of_frames,
-                 lora.reference_downscale_factor, lora.reference_temporal_scale_factor, req.strength, device)
-        video_lat, audio_lat = sample_av2av(
-            model, cond, shape, generator,
-            frame_rate=float(r.validation_frame_rate),
-            reference_downscale_factor=lora.reference_downscale_factor,
-            reference_temporal_scale_factor=lora.reference_temporal_scale_factor,
-            steps=job.train.validation_inference_steps,
-            guidance=guidance_from_config(job, model),
-            progress=True,
-        )
+                 settings.steps, width, height, r.validation_number_of_frames, scaling.downscale, scaling.temporal,
+                 req.strength, device)
+        video_lat, audio_lat = sample_av2av(model, clip, settings, progress=True)
         del model
         if req.latents_out:
             _save_latents(job, req.latents_out, video_lat, audio_lat, tmp)
         local = local_path(req.out) if is_local(req.out) else tmp / Path(req.out).name
-        _write(job, local, video_lat, audio_lat, shown, device, dtype)
+        # The transformer's memory goes back to CUDA before the decoders load.
+        release_cached_memory(device)
+        ClipRenderer(job.model.checkpoint, r.validation_frame_rate, device, dtype).write(
+            local, [(video_lat, audio_lat)], [shown])
         out = str(local) if is_local(req.out) else upload(local, req.out, job.storage)
         log.info("wrote %s in %.0f s", out, time.perf_counter() - started)
         return out
@@ -96,16 +96,15 @@ def generate(job: JobConfig, req: GenerateRequest) -> str:
         tempdirs.remove(tmp)
 
 
-def prepare_reference(job: JobConfig, req: GenerateRequest, lora, workdir: Path):
-    """(the reference fitted and scaled by the LoRA's factors, the unscaled fit for --side-by-side or None).
+def prepare_reference(job: JobConfig, req: GenerateRequest, scaling: ReferenceScaling, workdir: Path):
+    """(the reference fitted and scaled by the LoRA's `scaling`, the unscaled fit's frames for --side-by-side or None).
 
     The same `fit_reference` as validation, so the reference is cut, resized,
     downscaled and subsampled (frames 0, 1, 1+k, ...) exactly as in training.
     """
-    from ltx_ray.clips.ingest import fit_reference
+    from ltx_ray.clips.ingest import ReferenceFit, fit_reference
     from ltx_ray.clips.media import has_audio, probe
 
-    r = job.request
     video_path = fetch(req.reference_video, workdir, storage=job.storage)
     probe(video_path, label=req.reference_video)
     audio_path = None
@@ -116,13 +115,9 @@ def prepare_reference(job: JobConfig, req: GenerateRequest, lora, workdir: Path)
     elif not has_audio(video_path):
         raise DatasetError(Problem(req.reference_video, "the reference video has no audio track: "
                                                         "give its sound with --reference-audio"))
-    width, height = bucket_size(r.validation_resolution, r.validation_aspect_ratio)
-    common = dict(width=width, height=height, frames=r.validation_number_of_frames,
-                  frame_rate=r.validation_frame_rate, auto_scale=r.auto_scale_input,
-                  audio_normalize=r.audio_normalize, audio_preserve_pitch=r.audio_preserve_pitch)
-    scaled = fit_reference(video_path, audio_path, downscale_factor=lora.reference_downscale_factor,
-                           temporal_factor=lora.reference_temporal_scale_factor, **common)
-    shown = fit_reference(video_path, audio_path, **common).video if req.side_by_side else None
+    fit = ReferenceFit.validation(job.request)
+    scaled = fit_reference(video_path, audio_path, fit, scaling)
+    shown = fit_reference(video_path, audio_path, fit).video if req.side_by_side else None
     return scaled, shown
 
 
@@ -135,58 +130,20 @@ def _save_latents(job: JobConfig, uri: str, video: torch.Tensor, audio: torch.Te
     return str(local) if is_local(uri) else upload(local, uri, job.storage)
 
 
-def _check_scaling(job: JobConfig, name: str, lora) -> None:
+def _check_scaling(job: JobConfig, name: str, scaling: ReferenceScaling) -> None:
     """Refuse a clip size the LoRA's reference factors cannot scale (the spec's rules, on the validation size)."""
-    from ltx_ray.config.load import downscale_problems, temporal_problems
+    from ltx_ray.config.schema import downscale_problems, temporal_problems
 
     r = job.request
     problems = temporal_problems(
-        f"{name} (reference_temporal_scale_factor={lora.reference_temporal_scale_factor})",
-        lora.reference_temporal_scale_factor, {"request.validation_number_of_frames": r.validation_number_of_frames},
+        f"{name} (reference_temporal_scale_factor={scaling.temporal})",
+        scaling.temporal, {"request.validation_number_of_frames": r.validation_number_of_frames},
     ) + downscale_problems(
-        f"{name} (reference_downscale_factor={lora.reference_downscale_factor})",
-        lora.reference_downscale_factor, {"output": (r.validation_resolution, r.validation_aspect_ratio)},
+        f"{name} (reference_downscale_factor={scaling.downscale})",
+        scaling.downscale, {"output": (r.validation_resolution, r.validation_aspect_ratio)},
     )
     if problems:
         raise ConfigError(problems)
-
-
-def _encode(job: JobConfig, scaled, req: GenerateRequest, device, dtype) -> Conditioning:
-    from ltx_ray.model.vae import audio_to_latents, encode_text, video_to_latents
-    from ltx_ray.model.loader import load_audio_encoder, load_text_encoder, load_video_encoder
-
-    ckpt = job.model.checkpoint
-    video = video_to_latents(load_video_encoder(ckpt, dtype=dtype, device=device), torch.from_numpy(scaled.video)[None])
-    # The waveform stays float32 into the mel front end; only the encoder runs in `dtype`.
-    audio = audio_to_latents(load_audio_encoder(ckpt, dtype=dtype, device=device), torch.from_numpy(scaled.audio)[None])
-    text_encoder = load_text_encoder(job.model.text_encoder, ckpt, dtype=dtype, device=device)
-    negative = req.negative_prompt if req.negative_prompt is not None else job.request.validation_negative_prompt
-    pos, neg = encode_text(text_encoder, [req.prompt]), encode_text(text_encoder, [negative])
-    del text_encoder
-    return Conditioning(
-        ref_video=video, ref_audio=audio,
-        video_context=pos.video_context, audio_context=pos.audio_context, context_mask=pos.attention_mask,
-        negative_video_context=neg.video_context, negative_audio_context=neg.audio_context,
-        negative_context_mask=neg.attention_mask,
-    )
-
-
-def _write(job: JobConfig, out: Path, video_lat, audio_lat, shown: np.ndarray | None, device, dtype) -> Path:
-    """Decode (the video tile by tile, each decoder loaded for its turn and freed after it) and write the mp4.
-
-    The caller has dropped the transformer: its memory goes back to CUDA before the decoders load.
-    """
-    from ltx_ray.clips.media import write_clip
-    from ltx_ray.sample.preview import decode_clips, fit_audio_length, release_cached_memory
-
-    release_cached_memory(device)
-    [(frames, waveform)], sample_rate = decode_clips(job.model.checkpoint, [(video_lat, audio_lat)], device, dtype)
-    rate = float(job.request.validation_frame_rate)
-    audio = fit_audio_length(waveform, round(len(frames) / rate * sample_rate))
-    if shown is not None:
-        frames = np.concatenate([shown[: len(frames)], frames], axis=2)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return write_clip(out, frames, rate, audio, sample_rate)
 
 
 # Growable segments keep the caching allocator from fragmenting between the transformer's blocks and

@@ -12,52 +12,27 @@ import math
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from ltx_ray.config.resolution import (
-    SPATIAL_COMPRESSION,
-    TEMPORAL_COMPRESSION,
-    bucket_size,
-    reference_frames,
-    reference_size,
-)
+from ltx_ray.config.resolution import bucket_size
 from ltx_ray.config.schema import JobConfig
-from ltx_ray.clips.media import write_clip
-from ltx_ray.model.vae import latents_to_audio, latents_to_video
+from ltx_ray.model.av2av import AUDIO_LATENTS_PER_SECOND, SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, ReferenceScaling
 from ltx_ray.model.ltx23 import LTX23_22B_CONFIG
 from ltx_ray.sample.conditioning import load_validation_set
+from ltx_ray.sample.render import ClipRenderer
 from ltx_ray.sample.sampler import (
     Clip,
-    SamplerSettings,
     guidance_from_config,
     sample_av2av,
     sample_split,
+    sampler_settings,
     target_shape,
 )
 
 log = logging.getLogger(__name__)
 
 REEL_NAME = "validation_reel.mp4"
-
-
-def fit_audio_length(audio: np.ndarray, samples: int) -> np.ndarray:
-    """Trim or zero-pad `[C, S]` audio to exactly `samples`."""
-    if audio.shape[1] >= samples:
-        return audio[:, :samples]
-    return np.pad(audio, ((0, 0), (0, samples - audio.shape[1])))
-
-
-def write_reel(path: Path, clips: list[tuple[np.ndarray, np.ndarray, np.ndarray]], frame_rate: float,
-               sample_rate: int) -> Path:
-    """Write the reel: per clip (reference frames, generated frames, generated audio `[2, S]`)."""
-    videos, audios = [], []
-    for reference, generated, audio in clips:
-        frames = min(len(reference), len(generated))
-        videos.append(np.concatenate([reference[:frames], generated[:frames]], axis=2))
-        audios.append(fit_audio_length(audio, round(frames / frame_rate * sample_rate)))
-    return write_clip(path, np.concatenate(videos), frame_rate, np.concatenate(audios, axis=1), sample_rate)
 
 
 class Previewer:
@@ -67,7 +42,7 @@ class Previewer:
     the ranks (`sample_split`: each rank runs its share, the x0 estimates are exchanged at each
     step) and a preview takes about 1/world of one rank's time while no rank sits idle in a
     collective. Under ZeRO-3 every forward gathers the weights, a collective, so every rank runs
-    every pass (`sample_av2av`, batched as `train.validation_batch_guidance` says). Rank 0 then
+    every pass (`sample_av2av`, batched as `preview.batch_guidance` says). Rank 0 then
     decodes and writes the reel; the decoders are loaded for that and freed after it.
     """
 
@@ -95,73 +70,23 @@ class Previewer:
         its wrapper's flag says.
         """
         r = self.job.request
-        guidance = guidance_from_config(self.job, model)
+        settings = sampler_settings(self.job, ReferenceScaling.from_request(r, validation=True), model)
+        clips = [Clip(cond, target_shape(r, cond), self.job.seed + i) for i, (_, cond, _) in enumerate(self.samples)]
         modes = [(module, module.training) for module in model.modules()]
         model.eval()
         try:
             if self.job.cluster.zero_stage == 3:
-                return [self._sample_alone(model, cond, i, guidance) for i, (_, cond, _) in enumerate(self.samples)]
-            settings = SamplerSettings(
-                frame_rate=float(r.validation_frame_rate), steps=self.job.train.validation_inference_steps,
-                guidance=guidance, reference_downscale_factor=r.reference_downscale_factor,
-                reference_temporal_scale_factor=r.reference_temporal_scale_factor,
-            )
-            clips = [Clip(cond, target_shape(r, cond), self.job.seed + i)
-                     for i, (_, cond, _) in enumerate(self.samples)]
+                return [sample_av2av(model, clip, settings) for clip in clips]
             return sample_split(model, clips, settings)
         finally:
             for module, training in modes:
                 module.training = training
 
-    def _sample_alone(self, model, cond, index: int, guidance) -> tuple[torch.Tensor, torch.Tensor]:
-        r = self.job.request
-        generator = torch.Generator(device=self.device).manual_seed(self.job.seed + index)
-        return sample_av2av(
-            model, cond, target_shape(r, cond), generator,
-            frame_rate=float(r.validation_frame_rate),
-            reference_downscale_factor=r.reference_downscale_factor,
-            reference_temporal_scale_factor=r.reference_temporal_scale_factor,
-            steps=self.job.train.validation_inference_steps,
-            guidance=guidance,
-        )
-
     def _write(self, latents, step: int, out_dir: Path) -> Path:
-        decoded, sample_rate = decode_clips(self.job.model.checkpoint, latents, self.device, self.dtype)
-        clips = [(shown.numpy(), frames, waveform) for (frames, waveform), (_, _, shown) in zip(decoded, self.samples)]
-        out_dir.mkdir(parents=True, exist_ok=True)
+        renderer = ClipRenderer(self.job.model.checkpoint, self.job.request.validation_frame_rate, self.device,
+                                self.dtype)
         path = out_dir / f"validation_step_{step:06d}.mp4"
-        return write_reel(path, clips, float(self.job.request.validation_frame_rate), sample_rate)
-
-
-def decode_clips(checkpoint: str, latents: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
-                 dtype: torch.dtype) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
-    """(frames uint8 `[F, H, W, 3]`, stereo waveform `[2, S]`) of each clip's latents, and the waveforms' rate.
-
-    On a training GPU the decoders share the memory with the model: the video decoder is loaded,
-    decodes every clip tile by tile (`latents_to_video`), and is freed before the audio decoder and
-    vocoder are loaded; those are freed before returning, and on CUDA the cache goes back too.
-    """
-    from ltx_ray.model.loader import load_audio_decoder, load_video_decoder, load_vocoder
-
-    video_decoder = load_video_decoder(checkpoint, dtype=dtype, device=device)
-    frames = [latents_to_video(video_decoder, video)[0].cpu().numpy() for video, _ in latents]
-    del video_decoder
-    release_cached_memory(device)
-    audio_decoder = load_audio_decoder(checkpoint, dtype=dtype, device=device)
-    vocoder = load_vocoder(checkpoint, dtype=torch.float32, device=device)
-    waveforms, sample_rate = [], 16000
-    for _, audio in latents:
-        waveform, sample_rate = latents_to_audio(audio_decoder, vocoder, audio)
-        waveforms.append(waveform[0].float().cpu().numpy())
-    del audio_decoder, vocoder
-    release_cached_memory(device)
-    return list(zip(frames, waveforms)), sample_rate
-
-
-def release_cached_memory(device: torch.device) -> None:
-    """Hand the CUDA caching allocator's free blocks back, so the next training step finds room unfragmented."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
+        return renderer.write(path, latents, [shown.numpy() for _, _, shown in self.samples])
 
 
 def local_preview_dir(run: str) -> Path:
@@ -200,7 +125,7 @@ def preview_timeout_s(job: JobConfig, world_size: int) -> float:
       audio self-attention and 8 x audio width x video x audio tokens for the two cross-modal
       attentions (the text cross-attention, ~5 % at the defaults, is left to the margin);
     - passes: the validation clips x the guidance passes (`guidance_from_config`) x
-      `validation_inference_steps`; under ZeRO-2 spread over the ranks (`sample_split`: the busiest
+      `preview.inference_steps`; under ZeRO-2 spread over the ranks (`sample_split`: the busiest
       rank runs ceil(clips x passes / world) per step), under ZeRO-3 all of them on every rank, plus
       one gather of the whole base per forward call;
     - at `SUSTAINED_FLOPS` per GPU, plus rank 0's decoding and writing (`DECODE_*`), all times
@@ -217,20 +142,20 @@ def preview_timeout_s(job: JobConfig, world_size: int) -> float:
     parameters = 19.0e9  # the 22B's transformer built from that config: 18.99 B
 
     width, height = bucket_size(r.validation_resolution, r.validation_aspect_ratio)
-    ref_width, ref_height = reference_size(width, height, r.reference_downscale_factor)
+    scaling = ReferenceScaling.from_request(r, validation=True)
+    ref_width, ref_height = scaling.size(width, height)
     frames = r.validation_number_of_frames
 
     def video_tokens(f: int, w: int, h: int) -> int:
         return ((f - 1) // TEMPORAL_COMPRESSION + 1) * (h // SPATIAL_COMPRESSION) * (w // SPATIAL_COMPRESSION)
 
-    video = video_tokens(frames, width, height) + video_tokens(
-        reference_frames(frames, r.reference_temporal_scale_factor), ref_width, ref_height)
-    audio = 2 * (math.ceil(frames / r.validation_frame_rate * 25) + 1)
+    video = video_tokens(frames, width, height) + video_tokens(scaling.frames(frames), ref_width, ref_height)
+    audio = 2 * (math.ceil(frames / r.validation_frame_rate * AUDIO_LATENTS_PER_SECOND) + 1)
     flops_per_pass = 2 * parameters * (video + audio) + depth * (
         4 * video_width * video**2 + 4 * audio_width * audio**2 + 8 * audio_width * video * audio)
 
     guidance = guidance_from_config(job)
-    passes, steps = len(guidance.passes), job.train.validation_inference_steps
+    passes, steps = len(guidance.passes), job.preview.inference_steps
     if job.cluster.zero_stage == 3:
         calls = clips * steps * (1 if guidance.batched else passes)
         seconds = (clips * passes * steps * flops_per_pass / SUSTAINED_FLOPS

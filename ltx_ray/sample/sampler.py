@@ -21,7 +21,9 @@ not depend on the order, so the outputs are the same.
 `sample_av2av` generates one clip in one process (`ltx-ray generate`, ZeRO-3
 previews). `sample_split` generates several clips with their passes spread over
 the ranks of a process group (ZeRO-2 previews, where every rank holds the whole
-model): the same clips, bit for bit, whatever the number of ranks.
+model): the same clips, bit for bit, whatever the number of ranks. Both take
+`Clip`s (conditioning, latent shape, seed) and the `SamplerSettings` every clip
+shares (`sampler_settings`: the reference scaling, steps, guidance).
 """
 
 from __future__ import annotations
@@ -40,15 +42,19 @@ from ltx_core.guidance.perturbations import (
     PerturbationType,
 )
 
+from ltx_ray.model.av2av import (
+    SPATIAL_COMPRESSION,
+    TEMPORAL_COMPRESSION,
+    ReferenceScaling,
+    audio_sequence_positions,
+    video_sequence_positions,
+)
 from ltx_ray.model.tokens import (
-    audio_positions,
     patchify_audio,
     patchify_video,
     reference_conditioned_modality,
-    reference_video_positions,
     unpatchify_audio,
     unpatchify_video,
-    video_positions,
 )
 
 if TYPE_CHECKING:
@@ -120,28 +126,28 @@ def stg_block(official_block: int, depth: int) -> int:
 
 
 def guidance_from_config(job: "JobConfig", model=None) -> Guidance:
-    """The previews' (and `ltx-ray generate`'s) guidance: `train.validation_*` and the spec's `stg_scale`.
+    """The previews' (and `ltx-ray generate`'s) guidance: `preview.*` and the spec's `stg_scale`.
 
     The STG block is placed at the model's depth; without a model (sizing a preview), at the 48-block one's.
     """
-    t = job.train
+    p = job.preview
     depth = OFFICIAL_DEPTH if model is None else transformer_depth(model)
-    blocks = [stg_block(t.validation_stg_block, depth)]
+    blocks = [stg_block(p.stg_block, depth)]
 
     def params(cfg: float, modality: float) -> MultiModalGuiderParams:
         return MultiModalGuiderParams(cfg_scale=cfg, stg_scale=job.request.stg_scale, stg_blocks=blocks,
-                                      rescale_scale=t.validation_guidance_rescale, modality_scale=modality)
+                                      rescale_scale=p.guidance_rescale, modality_scale=modality)
 
     return Guidance(
-        video=params(t.validation_video_cfg_scale, t.validation_video_modality_scale),
-        audio=params(t.validation_audio_cfg_scale, t.validation_audio_modality_scale),
-        batched=t.validation_batch_guidance,
+        video=params(p.video_cfg_scale, p.video_modality_scale),
+        audio=params(p.audio_cfg_scale, p.audio_modality_scale),
+        batched=p.batch_guidance,
     )
 
 
 def target_shape(request: "RequestConfig", cond: Conditioning) -> TargetShape:
     """The latent shape of a clip at the request's validation size; audio as long as the reference's."""
-    from ltx_ray.config.resolution import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, bucket_size
+    from ltx_ray.config.resolution import bucket_size
 
     width, height = bucket_size(request.validation_resolution, request.validation_aspect_ratio)
     return TargetShape(
@@ -166,42 +172,42 @@ class Clip:
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """What every clip of a `sample_split` run shares."""
+    """What every clip of a sampling run shares: the references' scaling (and the clips' frame rate), the
+    number of denoising steps and the guidance."""
 
-    frame_rate: float
+    scaling: ReferenceScaling
     steps: int
     guidance: Guidance
-    reference_downscale_factor: int = 1
-    reference_temporal_scale_factor: int = 1
+
+
+def sampler_settings(job: "JobConfig", scaling: ReferenceScaling, model=None) -> SamplerSettings:
+    """The previews' and `ltx-ray generate`'s settings: `scaling` (the request's, or the LoRA's), the
+    config's `preview.inference_steps` and guidance (`guidance_from_config`, at `model`'s depth)."""
+    return SamplerSettings(scaling, job.preview.inference_steps, guidance_from_config(job, model))
 
 
 @torch.no_grad()
-def sample_av2av(
-    model,
-    cond: Conditioning,
-    shape: TargetShape,
-    generator: torch.Generator,
-    *,
-    frame_rate: float,
-    reference_downscale_factor: int = 1,
-    reference_temporal_scale_factor: int = 1,
-    steps: int,
-    guidance: Guidance,
-    progress: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generate (video latents `[1, C, f, h, w]`, audio latents `[1, C, T, M]`) for one reference, in this process."""
+def sample_av2av(model, clip: Clip, settings: SamplerSettings, *,
+                 progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generate (video latents `[1, C, f, h, w]`, audio latents `[1, C, T, M]`) of one clip, in this process.
+
+    The noise comes from a generator on the model's device seeded with `clip.seed`; the guidance passes
+    run as one batch or one by one as `settings.guidance.batched` says.
+    """
     from tqdm import tqdm
 
-    settings = SamplerSettings(frame_rate, steps, guidance, reference_downscale_factor, reference_temporal_scale_factor)
-    clip = _Denoising(model, cond, shape, generator, settings)
-    sigmas = LTX2Scheduler().execute(steps).to(clip.device)
+    param = next(model.parameters())
+    generator = torch.Generator(device=param.device).manual_seed(clip.seed)
+    state = _Denoising(model, clip.cond, clip.shape, generator, settings)
+    guidance, steps = settings.guidance, settings.steps
+    sigmas = LTX2Scheduler().execute(steps).to(state.device)
     groups = [guidance.passes] if guidance.batched else [(name,) for name in guidance.passes]
     for i in tqdm(range(steps), desc="sample", unit="step", disable=not progress):
         x0 = {}
         for group in groups:
-            x0.update(clip.denoised(model, group, sigmas[i]))
-        clip.step(x0, float(sigmas[i]), float(sigmas[i + 1]))
-    return clip.latents()
+            x0.update(state.denoised(model, group, sigmas[i]))
+        state.step(x0, float(sigmas[i]), float(sigmas[i + 1]))
+    return state.latents()
 
 
 @torch.no_grad()
@@ -268,23 +274,9 @@ class _Denoising:
         self.ref_v = patchify_video(cond.ref_video.to(device, dtype))
         self.ref_a = patchify_audio(cond.ref_audio.to(device, dtype))
         n_ref_v, n_ref_a = self.ref_v.shape[1], self.ref_a.shape[1]
-        _, _, rf, rh, rw = cond.ref_video.shape
-        self.v_pos = torch.cat(
-            [
-                reference_video_positions(
-                    1, rf, rh, rw, settings.frame_rate,
-                    downscale_factor=settings.reference_downscale_factor,
-                    temporal_scale_factor=settings.reference_temporal_scale_factor,
-                    device=device,
-                ),
-                video_positions(1, shape.frames, shape.height, shape.width, settings.frame_rate, device=device),
-            ],
-            dim=2,
-        )
-        self.a_pos = torch.cat(
-            [audio_positions(1, n_ref_a, device=device), audio_positions(1, shape.audio_frames, device=device)],
-            dim=2,
-        )
+        target = (1, shape.video_channels, shape.frames, shape.height, shape.width)
+        self.v_pos = video_sequence_positions(cond.ref_video.shape, target, settings.scaling, device=device)
+        self.a_pos = audio_sequence_positions(n_ref_a, shape.audio_frames, 1, device=device)
         n_video = shape.frames * shape.height * shape.width
         # As officially: one draw per modality over target + reference tokens (video first), in the
         # model's dtype; the reference's part of the draw is not used.

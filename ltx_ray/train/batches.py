@@ -1,38 +1,25 @@
 """Batches for each optimizer step, from the cached latents.
 
-Every worker reads the whole (small) latent dataset once (from its Ray Data
-shard: `ltx_ray.latents.pipeline.UnpackLatents`), sorts it by pair name, and then draws batches from a permutation per
-epoch seeded by (seed, epoch). A step trains on `global_batch_size` samples
-whatever the world size: the sample at each place of the global batch, and the
-noise it gets, are pure functions of (seed, step, place), never of rank or
-world size. A resumed run, on any number of workers, continues with exactly
-the batches an uninterrupted run would have seen, which Ray Data's streaming
-split (whose block order depends on timing) cannot promise.
+The samples are numbered in the manifest's (pair index) order, and a run draws
+them from a permutation per epoch seeded by (seed, epoch). A step trains on
+`global_batch_size` samples whatever the world size: the sample at each place of
+the global batch, and the noise it gets, are pure functions of (seed, step,
+place), never of rank or world size. A resumed run, on any number of workers,
+continues with exactly the batches an uninterrupted run would have seen, which
+Ray Data's streaming split (whose block order depends on timing) cannot promise.
+A worker reads only the samples of its own places, by number
+(`ltx_ray.latents.reader.LatentReader`).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Iterable
 
 import torch
 
 from ltx_ray.latents.cache import LATENT_TENSORS
-
-
-def load_samples(batches: Iterable[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
-    """Split the batches of a dataset shard into per-sample dicts, in the manifest's (name) order."""
-    samples = []
-    for batch in batches:
-        for i, index in enumerate(batch["index"].tolist()):
-            sample = {col: batch[col][i] for col in LATENT_TENSORS}
-            sample["index"] = index
-            samples.append(sample)
-    samples.sort(key=lambda s: s["index"])
-    if not samples:
-        raise RuntimeError("the training dataset shard is empty")
-    return samples
 
 
 def micro_batch_positions(*, micro_step: int, rank: int, world_size: int, micro_batch_size: int) -> list[int]:
@@ -72,7 +59,7 @@ def _epoch_permutation(n: int, seed: int, epoch: int) -> tuple[int, ...]:
     return tuple(torch.randperm(n, generator=g).tolist())  # Python ints: indexing them reads no tensor
 
 
-def collate(samples: list[dict[str, torch.Tensor]], indices: list[int], device: torch.device,
+def collate(samples: Sequence[dict[str, torch.Tensor]], indices: list[int], device: torch.device,
             dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Stack the chosen samples into a batch on `device`; latents and contexts in `dtype`; the context mask
     stays on the host."""

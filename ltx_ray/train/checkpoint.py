@@ -5,7 +5,8 @@ Layout in the run's storage folder (`<storage_path>/<run>/checkpoints/`):
     step_000000025/
       train_state.safetensors   LoRA fp32 weights, AdamW moments and counters, LR-scheduler state
                                 (`train.train_state`: loads on any world size and either ZeRO stage)
-      lora.safetensors          the LoRA at this step, in LTX naming
+      lora.safetensors          the LoRA at this step as users get it (`model.lora.export_lora`);
+                                the job's `lora_file` output is the final checkpoint's, copied
       progress.json             step, data position, seed, global batch, the world size that wrote it
                                 and why (`interval`, `final`, `preemption`); the samples and noise
                                 of every step follow from (seed, step, place in the global batch)
@@ -40,15 +41,14 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from ltx_ray import tempdirs
-from ltx_ray.config.load import redact, to_plain
+from ltx_ray.config.display import redact, to_plain
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.errors import ConfigError, Problem, StorageError
-from ltx_ray.storage import (describe, join, read_bytes, resolve_filesystem, retrying, storage_uri, stream_sha256,
-                             upload, write_bytes)
+from ltx_ray.run_store import RunStore
+from ltx_ray.storage import describe, join, stream_sha256
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR = "checkpoints"
 MANIFEST = "_MANIFEST.json"
 LAYOUT = "ltx-ray/checkpoint/1"
 LORA_FILE = "lora.safetensors"
@@ -69,29 +69,20 @@ class StoredCheckpoint:
         return join(self.uri, name)
 
 
-def checkpoints_uri(job: JobConfig, run: str) -> str:
-    return storage_uri(job.storage, run, CHECKPOINTS_DIR)
-
-
-def scan(job: JobConfig, run: str) -> tuple[list[StoredCheckpoint], list[tuple[str, str]]]:
+def scan(store: RunStore) -> tuple[list[StoredCheckpoint], list[tuple[str, str]]]:
     """The run's verified checkpoints, newest first, and the folders that are not (uri, why)."""
-    root_uri = checkpoints_uri(job, run)
-    fs, root = resolve_filesystem(root_uri, job.storage)
-    entries = retrying(f"listing {root_uri}",
-                       lambda: fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)), job.storage)
     verified, rejected = [], []
-    for entry in entries:
+    for entry in store.list(store.checkpoints):
         match = _STEP_DIR.fullmatch(entry.base_name)
         if entry.type != pafs.FileType.Directory or not match:
             continue
-        uri = join(root_uri, entry.base_name)
-        files = {i.base_name: i.size for i in retrying(
-            f"listing {uri}", lambda: fs.get_file_info(pafs.FileSelector(entry.path)), job.storage)}
+        uri = join(store.checkpoints, entry.base_name)
+        files = {i.base_name: i.size for i in store.list(uri)}
         if MANIFEST not in files:
             rejected.append((uri, "incomplete: it has no manifest (its writer stopped before finishing)"))
             continue
         try:
-            manifest = json.loads(read_bytes(fs, f"{entry.path}/{MANIFEST}", job.storage, uri))
+            manifest = json.loads(store.read(join(uri, MANIFEST)))
             listed = manifest["files"]
         except (ValueError, KeyError, TypeError):
             rejected.append((uri, f"its {MANIFEST} is damaged"))
@@ -106,49 +97,48 @@ def scan(job: JobConfig, run: str) -> tuple[list[StoredCheckpoint], list[tuple[s
     return verified, rejected
 
 
-def latest(job: JobConfig, run: str) -> StoredCheckpoint | None:
-    verified, _ = scan(job, run)
+def latest(store: RunStore) -> StoredCheckpoint | None:
+    verified, _ = scan(store)
     return verified[0] if verified else None
 
 
-def publish(local: Path, job: JobConfig, run: str, step: int) -> StoredCheckpoint:
-    """Upload a checkpoint folder, manifest last, then prune; a failed upload leaves nothing behind."""
+def publish(local: Path, store: RunStore, step: int, keep: int) -> StoredCheckpoint:
+    """Upload a checkpoint folder, manifest last, then prune to the newest `keep`; a failed upload leaves
+    nothing behind."""
     files = {p.name: {"size": p.stat().st_size, "sha256": _local_sha256(p)} for p in sorted(local.iterdir())}
-    uri = join(checkpoints_uri(job, run), f"step_{step:09d}")
-    fs, path = resolve_filesystem(uri, job.storage)
+    uri = join(store.checkpoints, f"step_{step:09d}")
     try:
         # An earlier attempt may have left this step half-written (or damaged): start it clean.
-        _delete_dir(fs, path, uri, job)
+        store.delete(uri)
         for name in files:
-            upload(local / name, join(uri, name), job.storage)
+            store.upload(local / name, join(uri, name))
         manifest = {"layout": LAYOUT, "step": step, "files": files}
-        write_bytes(fs, f"{path}/{MANIFEST}", json.dumps(manifest, indent=2).encode(), job.storage,
-                    join(uri, MANIFEST))
+        store.write(join(uri, MANIFEST), json.dumps(manifest, indent=2).encode())
     except BaseException:
         try:  # best effort: the folder has no manifest, so nothing would trust it anyway
+            fs, path = store.filesystem(uri)
             fs.delete_dir(path)
         except OSError:
             pass
         raise
-    prune(job, run)
+    prune(store, keep)
     return StoredCheckpoint(uri=uri, step=step, files=files)
 
 
-def prune(job: JobConfig, run: str) -> None:
-    """Keep the newest `train.num_checkpoints_to_keep` verified checkpoints; remove older ones and non-checkpoints.
+def prune(store: RunStore, keep: int) -> None:
+    """Keep the newest `keep` verified checkpoints (`checkpoint.keep`); remove older ones and
+    non-checkpoints.
 
     Only the lease holder writes a run's checkpoints, one at a time, so a folder without a valid
     manifest at this point is left over from an attempt that died.
     """
-    verified, rejected = scan(job, run)
-    doomed = [c.uri for c in verified[job.train.num_checkpoints_to_keep:]] + [uri for uri, _ in rejected]
-    for uri in doomed:
-        fs, path = resolve_filesystem(uri, job.storage)
-        _delete_dir(fs, path, uri, job)
+    verified, rejected = scan(store)
+    for uri in [c.uri for c in verified[keep:]] + [uri for uri, _ in rejected]:
+        store.delete(uri)
 
 
-def restore(engine, job: JobConfig, run: str, rank: int) -> dict[str, Any] | None:
-    """Load the newest loadable checkpoint into `engine` (every rank calls); returns its trainer state.
+def restore(engine, store: RunStore, rank: int) -> dict[str, Any] | None:
+    """Load the run's newest loadable checkpoint into `engine` (every rank calls); returns its trainer state.
 
     Rank 0 chooses: it tries the verified checkpoints newest first, saying why it passes over any,
     and the others load the one it chose. None when there is no checkpoint to resume from.
@@ -160,14 +150,14 @@ def restore(engine, job: JobConfig, run: str, rank: int) -> dict[str, Any] | Non
     chosen: list[Any] = [None]
     loaded = None
     if rank == 0:
-        verified, rejected = scan(job, run)
+        verified, rejected = scan(store)
         newest_ok = verified[0].step if verified else -1
         for uri, why in rejected:
             if _step_of(uri) > newest_ok:
                 _say(f"passing over checkpoint {uri}: {why}")
         for candidate in verified:
             try:
-                loaded = _download(candidate, job)
+                loaded = _download(candidate, store)
             except (ValueError, StorageError) as exc:
                 _say(f"checkpoint {candidate.uri} could not be loaded ({exc}); trying the previous one")
                 continue
@@ -180,7 +170,7 @@ def restore(engine, job: JobConfig, run: str, rank: int) -> dict[str, Any] | Non
         dist.broadcast_object_list(chosen, src=0)
     if chosen[0] is None:
         return None
-    local = loaded if rank == 0 else _download(chosen[0], job)
+    local = loaded if rank == 0 else _download(chosen[0], store)
     try:
         tensors, meta = train_state.read(local)
         state = json.loads((local / STATE_FILE).read_text())
@@ -191,13 +181,12 @@ def restore(engine, job: JobConfig, run: str, rank: int) -> dict[str, Any] | Non
     return state
 
 
-def _download(checkpoint: StoredCheckpoint, job: JobConfig) -> Path:
+def _download(checkpoint: StoredCheckpoint, store: RunStore) -> Path:
     """The checkpoint's files in a local folder, each checked against its manifest's SHA-256 (ValueError if not)."""
-    fs, path = resolve_filesystem(checkpoint.uri, job.storage)
     local = tempdirs.make("ckpt")
     try:
         for name, entry in checkpoint.files.items():
-            data = read_bytes(fs, f"{path}/{name}", job.storage, checkpoint.file_uri(name))
+            data = store.read(checkpoint.file_uri(name))
             if hashlib.sha256(data).hexdigest() != entry["sha256"]:
                 raise ValueError(f"{name} does not match its checksum in {MANIFEST}")
             (local / name).write_bytes(data)
@@ -207,26 +196,22 @@ def _download(checkpoint: StoredCheckpoint, job: JobConfig) -> Path:
     return local
 
 
-def check_resumable(job: JobConfig, run: str) -> StoredCheckpoint | None:
+def check_resumable(job: JobConfig, store: RunStore) -> StoredCheckpoint | None:
     """Refuse, before any worker starts, a run whose checkpoints this version cannot continue.
 
     Returns the checkpoint the run will resume from (None: it starts afresh).
     """
-    newest = latest(job, run)
+    newest = latest(store)
     if newest is None:
-        fs, run_dir = resolve_filesystem(storage_uri(job.storage, run), job.storage)
-        entries = retrying(f"listing {storage_uri(job.storage, run)}",
-                           lambda: fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True)), job.storage)
-        earlier = sorted(e.base_name for e in entries
+        earlier = sorted(e.base_name for e in store.list(store.root)
                          if e.type == pafs.FileType.Directory and e.base_name.startswith("checkpoint_"))
         if earlier:
-            raise ConfigError(Problem(storage_uri(job.storage, run, earlier[-1]),
+            raise ConfigError(Problem(join(store.root, earlier[-1]),
                                       f"this run's checkpoints were written by an earlier ltx-ray (Ray-managed "
                                       f"checkpoint_* folders without a {MANIFEST}) and cannot be continued. Start "
                                       "afresh under another storage.run_name, or remove the run's folder"))
         return None
-    fs, path = resolve_filesystem(newest.uri, job.storage)
-    state = json.loads(read_bytes(fs, f"{path}/{STATE_FILE}", job.storage, newest.file_uri(STATE_FILE)))
+    state = json.loads(store.read(newest.file_uri(STATE_FILE)))
     saved = state.get("global_batch_size")
     if saved != job.cluster.global_batch_size:
         raise ConfigError(Problem("cluster.global_batch_size",
@@ -244,8 +229,8 @@ class CheckpointWriter:
     folder that looks like a checkpoint behind.
     """
 
-    def __init__(self, job: JobConfig, run: str):
-        self.job, self.run = job, run
+    def __init__(self, job: JobConfig, store: RunStore):
+        self.job, self.store = job, store
         self.error: StorageError | None = None
         self.published: StoredCheckpoint | None = None
         # At most one checkpoint waits while another uploads: a slow store slows the loop, never fills the disk.
@@ -253,8 +238,11 @@ class CheckpointWriter:
         self._thread = threading.Thread(target=self._work, name="ltx-ray-checkpoint-upload", daemon=True)
         self._thread.start()
 
-    def submit(self, tensors, meta, lora, lora_metadata: dict[str, str], state: dict[str, Any]) -> None:
-        from ltx_ray.model.lora import save_lora_file
+    def submit(self, tensors, meta, lora, state: dict[str, Any]) -> None:
+        """Write one checkpoint locally now and queue its upload: the gathered train state (`tensors`, `meta`),
+        the LoRA file (`lora`: `zero3.lora_state_dict`, exported with the job's `LoraMetadata`), `state`
+        (progress.json) and the redacted config."""
+        from ltx_ray.model.lora import LoraMetadata, export_lora
         from ltx_ray.train import train_state
 
         if self.error is not None:
@@ -262,7 +250,7 @@ class CheckpointWriter:
         local = tempdirs.make("ckpt")
         try:
             train_state.save(tensors, meta, local)
-            save_lora_file(lora, local / LORA_FILE, lora_metadata)
+            export_lora(lora, local / LORA_FILE, LoraMetadata.from_job(self.job))
             (local / STATE_FILE).write_text(json.dumps(state))
             (local / CONFIG_FILE).write_text(json.dumps(redact(to_plain(self.job)), indent=2))
         except OSError as exc:
@@ -281,11 +269,11 @@ class CheckpointWriter:
             local, step = self._queue.get()
             try:
                 if self.error is None:
-                    self.published = publish(local, self.job, self.run, step)
+                    self.published = publish(local, self.store, step, self.job.checkpoint.keep)
             except StorageError as exc:
                 self.error = exc
             except Exception as exc:  # noqa: BLE001 - kept for the loop to raise in its own thread
-                self.error = StorageError(Problem(checkpoints_uri(self.job, self.run),
+                self.error = StorageError(Problem(self.store.checkpoints,
                                                   f"uploading the step-{step} checkpoint failed: {describe(exc)}"))
             finally:
                 tempdirs.remove(local)
@@ -305,10 +293,3 @@ def _local_sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return stream_sha256(f)
 
-
-def _delete_dir(fs: pafs.FileSystem, path: str, uri: str, job: JobConfig) -> None:
-    def delete() -> None:
-        if fs.get_file_info(path).type == pafs.FileType.Directory:
-            fs.delete_dir(path)
-
-    retrying(f"deleting {uri}", delete, job.storage, where=uri)

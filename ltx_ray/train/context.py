@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Sequence
 from typing import Any, Callable, Protocol
 
 import torch
@@ -25,8 +26,9 @@ class WorkerContext(Protocol):
     local_rank: int
     device: torch.device
 
-    def latent_samples(self) -> list[dict[str, Any]]:
-        """Every cached latent sample of the run (the trainer draws its batches from them by index)."""
+    def latent_samples(self) -> Sequence[dict[str, Any]]:
+        """The run's cached latent samples, by number (the trainer draws its batches from them by index): a
+        `ltx_ray.latents.reader.LatentReader`, which reads a sample when it is asked for, or a list."""
 
     def preemption_announced(self) -> bool:
         """Whether this worker has heard that a node of the group is about to go (ranks may hear at different times)."""
@@ -44,11 +46,12 @@ class DistContext:
     """A worker of a plain `torch.distributed` group: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT from the
     environment (torchrun's), the process group initialised here when it is not already.
 
-    `samples` are the run's latent samples; `preemption` says whether a node is going (default: never);
+    `samples` are the run's latent samples (a list, or a `LatentReader` of a cache); `preemption` says whether
+    a node is going (default: never);
     failures reported by the trainer are kept in `failures`.
     """
 
-    def __init__(self, samples: list[dict[str, Any]], *, use_gpu: bool, timeout_s: float = 1800.0,
+    def __init__(self, samples: Sequence[dict[str, Any]], *, use_gpu: bool, timeout_s: float = 1800.0,
                  preemption: Callable[[], bool] = lambda: False):
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if use_gpu:
@@ -64,7 +67,7 @@ class DistContext:
         self._samples, self._preemption = samples, preemption
         self.failures: list[Problem] = []
 
-    def latent_samples(self) -> list[dict[str, Any]]:
+    def latent_samples(self) -> Sequence[dict[str, Any]]:
         return self._samples
 
     def preemption_announced(self) -> bool:

@@ -20,14 +20,14 @@ def deepspeed_config(job: JobConfig, world_size: int, *, counts: dict[str, int] 
     job's transformer and LoRA; read from `model.checkpoint`'s header when not given),
     the same settings `ltx-ray estimate` lays out.
     """
-    c, t = job.cluster, job.train
+    c, o = job.cluster, job.optimizer
     if counts is None:
         counts = job_model_counts(job)
     cfg: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": c.micro_batch_size,
         "gradient_accumulation_steps": c.accumulation_steps(world_size),
         "train_batch_size": c.global_batch_size,
-        "gradient_clipping": t.max_grad_norm,
+        "gradient_clipping": o.max_grad_norm,
         **zero_settings(counts, stage=c.zero_stage, overlap_comm=c.use_gpu),
         "optimizer": {
             "type": "AdamW",
@@ -35,7 +35,7 @@ def deepspeed_config(job: JobConfig, world_size: int, *, counts: dict[str, int] 
                 "lr": job.request.learning_rate,
                 "betas": [0.9, 0.999],
                 "eps": 1e-8,
-                "weight_decay": t.weight_decay,
+                "weight_decay": o.weight_decay,
                 # The fused/CPU-Adam C++ kernels need a compiler toolchain per node;
                 # torch's AdamW works everywhere and the LoRA optimizer state is small.
                 "torch_adam": True,
@@ -45,9 +45,9 @@ def deepspeed_config(job: JobConfig, world_size: int, *, counts: dict[str, int] 
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    if c.zero_stage == 3:
-        # Gather the sharded LoRA weights into one file when saving.
-        cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+    # No DeepSpeed checkpointing is configured: the engine's own `save_checkpoint`/`save_16bit_model` are never
+    # called. Checkpoints are `train.checkpoint`'s (the state gathered by `train.train_state`), and the LoRA file is
+    # `model.lora.export_lora`'s.
     return cfg
 
 
@@ -73,8 +73,8 @@ def lr_lambda(job: JobConfig) -> Callable[[int], float]:
     as the official recipe builds it); cosine: from 1 to 0 (`CosineAnnealingLR`).
     """
     total = job.request.number_of_steps
-    warmup = min(job.train.warmup_steps, total)
-    kind = job.train.lr_scheduler
+    warmup = min(job.optimizer.warmup_steps, total)
+    kind = job.optimizer.lr_scheduler
 
     def fn(step: int) -> float:
         if warmup and step < warmup:

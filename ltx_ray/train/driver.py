@@ -12,23 +12,24 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow.fs as pafs
 import ray
 import ray.train
-from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ltx_ray import lease, tempdirs
-from ltx_ray.config.load import run_name as derive_run_name
+from ltx_ray.config.naming import run_name as derive_run_name
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.latents.pipeline import build_latent_cache, publish_debug_dataset
+from ltx_ray.latents.reader import LatentIndex
 from ltx_ray.errors import Problem, StorageError
 from ltx_ray.estimate.preflight import gpu_memory, preflight
 from ltx_ray.ray_cluster import init_ray
 from ltx_ray.sample.conditioning import check_validation_inputs
 from ltx_ray.sample.preview import preview_timeout_s
-from ltx_ray.storage import resolve_filesystem, retrying, storage_uri, upload
+from ltx_ray.run_store import RunStore
+from ltx_ray.storage import join, upload
 from ltx_ray.train import checkpoint
 from ltx_ray.train.deepspeed_config import deepspeed_accelerator
 from ltx_ray.train.loop import train_loop_per_worker
@@ -49,17 +50,15 @@ class TrainResult:
     outputs: dict[str, Any]
 
 
-def prepare_validation(job: JobConfig, run: str) -> str | None:
+def prepare_validation(job: JobConfig, store: RunStore) -> str | None:
     """Encode the validation samples once (a Ray task, on a GPU when the cluster has them); returns its URI."""
     if not job.request.validation:
         return None
     from ltx_ray.model.loader import checkpoint_identity
     from ltx_ray.sample.conditioning import validation_key
 
-    uri = storage_uri(job.storage, run, "validation", validation_key(job, checkpoint_identity(job.model.checkpoint))
-                      + ".safetensors")
-    fs, path = resolve_filesystem(uri, job.storage)
-    if retrying(f"looking up {uri}", lambda: fs.get_file_info(path).type, job.storage) != pafs.FileType.File:
+    uri = join(store.validation, validation_key(job, checkpoint_identity(job.model.checkpoint)) + ".safetensors")
+    if not store.is_file(uri):
         options = {"num_gpus": 1} if job.cluster.use_gpu else {"num_cpus": 1}
         ray.get(_build_validation_task.options(**options).remote(job, uri))
     return uri
@@ -93,40 +92,43 @@ class _Outcome:
 
 def run_training(job: JobConfig) -> TrainResult:
     """Preprocess (or reuse the cache), then train the LoRA across the Ray cluster."""
-    run = derive_run_name(job)
+    store = RunStore(job.storage, derive_run_name(job))
     # Refused inputs fail here, before any cluster time is spent.
     check_validation_inputs(job)
     # A run continues from its newest verified checkpoint: refuse one this version cannot continue, before any work.
-    resume = checkpoint.check_resumable(job, run)
+    resume = checkpoint.check_resumable(job, store)
     if resume is not None:
-        log.info("run %s resumes from its checkpoint at step %d (%s)", run, resume.step, resume.uri)
+        log.info("run %s resumes from its checkpoint at step %d (%s)", store.run, resume.step, resume.uri)
     tempdirs.sweep()
     # One driver per run: a second one for the same run stops here, naming the first.
-    with lease.hold(job, run):
-        return _train(job, run)
+    with lease.hold(store):
+        return _train(job, store)
 
 
-def _train(job: JobConfig, run: str) -> TrainResult:
+def _train(job: JobConfig, store: RunStore) -> TrainResult:
     # Will it fit? Asked before Ray books any GPU (warns; a CPU job without cluster.gpu_memory_gb skips it).
     # The same estimate is the figure the workers set their measured step 1 against.
     est = _estimate(job)
     preflight(job, est)
-    fs, storage_root = resolve_filesystem(job.storage.storage_path, job.storage)
+    run = store.run
+    fs, storage_root = store.filesystem(job.storage.storage_path)
     init_ray(job)
-    cache = build_latent_cache(job, run)
-    publish_debug_dataset(job, cache, outputs.outputs_uri(job, run, outputs.DEBUG_NAME))
-    validation_file = prepare_validation(job, run)
+    cache = build_latent_cache(job, store)
+    publish_debug_dataset(job, cache, store.output(outputs.DEBUG_NAME))
+    validation_file = prepare_validation(job, store)
     # On the driver's own node: an actor elsewhere would go with that node when it is preempted.
     outcome = _Outcome.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
         ray.get_runtime_context().get_node_id(), soft=True)).remote()
     setup = RunSetup(job=job, run_name=run, checkpoint_path=job.model.checkpoint,
-                     wandb_dir=outputs.local_wandb_dir(run), lora_metadata=outputs.lora_metadata(job),
+                     wandb_dir=outputs.local_wandb_dir(run),
                      validation_file=validation_file,
                      estimated_bytes=est.use("training worker").modelled if est is not None else None)
 
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"setup": setup, "outcome": outcome},
+        # Every worker reads, by number, only the samples its places in each step need (ltx_ray.train.batches
+        # picks them from (seed, step, place)), so a resumed run sees exactly the data it would have.
+        train_loop_config={"setup": setup, "outcome": outcome, "latents": LatentIndex.read(cache.uri, job.storage)},
         # A preview is the longest time a rank may wait in one collective (the next one comes after it):
         # the watchdog's timeout follows the preview's size, never below Ray's default of 30 minutes.
         torch_config=TorchConfig(timeout_s=preview_timeout_s(job, job.cluster.min_workers)),
@@ -150,10 +152,6 @@ def _train(job: JobConfig, run: str) -> TrainResult:
             ),
             worker_runtime_env={"env_vars": worker_env(job)},
         ),
-        datasets={"train": cache.dataset()},
-        # Every worker reads the whole latent set and draws its own deterministic batches
-        # (ltx_ray.train.batches), so a resumed run sees exactly the data it would have.
-        dataset_config=DataConfig(datasets_to_split=[]),
     )
     started = time.perf_counter()
     result = trainer.fit()
@@ -169,13 +167,13 @@ def _train(job: JobConfig, run: str) -> TrainResult:
         problems = None
     if problems:
         raise StorageError(problems)
-    final = checkpoint.latest(job, run)
+    final = checkpoint.latest(store)
     if final is None or final.step != job.request.number_of_steps:
-        raise StorageError(Problem(checkpoint.checkpoints_uri(job, run),
+        raise StorageError(Problem(store.checkpoints,
                                    f"training ended but the step-{job.request.number_of_steps} checkpoint is not "
                                    f"in storage (newest verified: {final.step if final else 'none'}); re-run the "
                                    "command to continue from it"))
-    published = outputs.publish(job, run, final)
+    published = outputs.publish(job, store, final)
     return TrainResult(
         run_name=run,
         steps=job.request.number_of_steps,

@@ -8,7 +8,7 @@ import torch
 
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.model.loader import load_transformer
-from ltx_ray.model.lora import trainable_lora_model
+from ltx_ray.model.av2av import LoraSettings, trainable_lora_model
 from ltx_ray.train import zero3
 from ltx_ray.train.deepspeed_config import deepspeed_accelerator, deepspeed_config, lr_lambda
 
@@ -45,8 +45,7 @@ def build_engine(job: JobConfig, checkpoint_path: str | torch.nn.Module, world: 
     else:
         transformer = load_transformer(checkpoint_path, dtype=dtype, device=device)
     # DeepSpeed does not cast a model built under zero.Init: the adapters follow the base.
-    model = trainable_lora_model(transformer, job.request.rank, targets=job.model.lora_targets,
-                                 include_feed_forward=job.model.lora_include_feed_forward,
+    model = trainable_lora_model(transformer, LoraSettings.from_job(job),
                                  gradient_checkpointing=job.cluster.gradient_checkpointing, dtype=dtype, device=device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(

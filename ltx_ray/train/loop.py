@@ -14,37 +14,40 @@ import ray.train
 import ray.train.torch
 import torch
 
-from ltx_ray.latents.pipeline import UnpackLatents
+from ltx_ray.config.schema import JobConfig
 from ltx_ray.errors import Problem
-from ltx_ray.train import batches
+from ltx_ray.latents.reader import LatentIndex, LatentReader
 from ltx_ray.train.trainer import RunSetup, Trainer
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train the IC-LoRA for exactly `number_of_steps` optimizer steps (Ray Train entry point).
 
-    `config`: `setup` (the driver's `RunSetup`) and `outcome` (the driver's error-report actor).
+    `config`: `setup` (the driver's `RunSetup`), `outcome` (the driver's error-report actor) and `latents`
+    (the cache's `LatentIndex`).
     """
     setup: RunSetup = config["setup"]
-    Trainer(setup, RayWorkerContext(config["outcome"])).train()
+    Trainer(setup, RayWorkerContext(config["outcome"], config["latents"], setup.job)).train()
 
 
 class RayWorkerContext:
     """A Ray Train worker as the trainer sees it (`ltx_ray.train.context.WorkerContext`)."""
 
-    def __init__(self, outcome):
+    def __init__(self, outcome, latents: LatentIndex, job: JobConfig):
         ctx = ray.train.get_context()
         self.rank, self.world_size, self.local_rank = ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
         # The device Ray Train assigned this worker (its GPU under use_gpu, else the CPU); never picked by hand.
         self.device: torch.device = ray.train.torch.get_device()
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        self._outcome = outcome
+        self._outcome, self._latents, self._job = outcome, latents, job
 
-    def latent_samples(self) -> list[dict[str, Any]]:
-        """The whole cached latent set (`ltx_ray.latents.cache`), read from this worker's dataset shard."""
-        return batches.load_samples(ray.train.get_dataset_shard("train").iter_torch_batches(
-            batch_size=16, device="cpu", collate_fn=UnpackLatents()))
+    def latent_samples(self) -> LatentReader:
+        """The cached latent samples, read from storage as this worker's places in the steps need them."""
+        c = self._job.cluster
+        # This step's samples and the next's, read while this one trains: the most a step needs at once.
+        per_step = c.micro_batch_size * c.accumulation_steps(self.world_size)
+        return LatentReader(self._latents, self._job.storage, capacity=2 * per_step)
 
     def preemption_announced(self) -> bool:
         """Whether Ray has announced that a node of this worker group is going (a drain with a deadline)."""

@@ -8,6 +8,7 @@ and DeepSpeed steps the optimizer once, at the last of them.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -15,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from ltx_ray.config.schema import JobConfig
+from ltx_ray.model.av2av import ReferenceScaling
 from ltx_ray.model.objective import av2av_loss
 from ltx_ray.train import batches
 
@@ -61,7 +63,27 @@ class StepShape:
     global_batch_size: int
 
 
-def train_step(engine, samples: list[dict[str, Any]], job: JobConfig, step: int, shape: StepShape,
+def rank_samples(num_samples: int, seed: int, step: int, shape: StepShape) -> list[int]:
+    """The samples this rank trains on in optimizer step `step`, micro-step by micro-step."""
+    positions = [p for micro in range(shape.accumulation)
+                 for p in batches.micro_batch_positions(micro_step=micro, rank=shape.rank, world_size=shape.world,
+                                                        micro_batch_size=shape.micro_batch_size)]
+    return batches.sample_indices(num_samples, seed=seed, step=step, positions=positions,
+                                  global_batch_size=shape.global_batch_size)
+
+
+def read_ahead(samples: Sequence[dict[str, Any]], job: JobConfig, step: int, shape: StepShape) -> None:
+    """Name this step's samples and the next's to a reader of the cache (`ltx_ray.latents.reader`), which reads
+    the next's in the background while this step trains; an in-memory list has nothing to read."""
+    prefetch = getattr(samples, "prefetch", None)
+    if prefetch is None:
+        return
+    # This step's first: those already held count as just used, so reading the next's never evicts them.
+    for s in range(step, min(step + 2, job.request.number_of_steps)):
+        prefetch(rank_samples(len(samples), job.seed, s, shape))
+
+
+def train_step(engine, samples: Sequence[dict[str, Any]], job: JobConfig, step: int, shape: StepShape,
                device: torch.device, dtype: torch.dtype, *, storage_failed: bool = False,
                before_micro_step: Callable[[], None] = lambda: None) -> StepMetrics:
     """Run optimizer step `step` (0-based) on this rank; every rank calls it (it ends in an all-reduce).
@@ -74,6 +96,7 @@ def train_step(engine, samples: list[dict[str, Any]], job: JobConfig, step: int,
     # Summed on the device: reading a loss (`.item()`, `float()`) is a host sync, which would stall the
     # GPU's queue at every micro-step. The step's figures cross to the host once, after its all-reduce.
     sums = torch.zeros(len(_AVERAGED), dtype=torch.float32, device=device)
+    read_ahead(samples, job, step, shape)
     for micro in range(shape.accumulation):
         before_micro_step()
         t = time.perf_counter()
@@ -83,12 +106,8 @@ def train_step(engine, samples: list[dict[str, Any]], job: JobConfig, step: int,
                                      global_batch_size=shape.global_batch_size)
         batch = batches.collate(samples, idx, device, dtype)
         data_seconds += time.perf_counter() - t
-        loss, m = av2av_loss(
-            engine, batch, batches.noise_generators(job.seed, step, positions, device),
-            reference_downscale_factor=job.request.reference_downscale_factor,
-            reference_temporal_scale_factor=job.request.reference_temporal_scale_factor,
-            frame_rate=float(job.request.frame_rate),
-        )
+        loss, m = av2av_loss(engine, batch, batches.noise_generators(job.seed, step, positions, device),
+                             ReferenceScaling.from_request(job.request))
         engine.backward(loss)
         # Called every micro-step, as DeepSpeed wants it: it counts them, and steps the optimizer (and
         # zeroes the gradients) only at the accumulation boundary, the last micro-step.

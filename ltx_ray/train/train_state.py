@@ -15,8 +15,18 @@ either ZeRO stage load it: each rank writes back the part of every tensor its
 partition holds.
 
 This is the one module that reaches into DeepSpeed's ZeRO optimizers (their
-fp32 partitions and torch AdamW's state); the public `safe_get_full_*`
-helpers do the gathering.
+fp32 partitions and torch AdamW's state), and some of it through private
+DeepSpeed attributes (checked against deepspeed 0.19):
+- gathering: under ZeRO-3 DeepSpeed's public `safe_get_full_fp32_param` /
+  `safe_get_full_optimizer_state`, one parameter at a time; under ZeRO-1/2
+  each parameter's fragment of the flat partition (`_hp_mapping`), summed
+  over the data-parallel group (`_dp_group`) in one all-reduce;
+- loading: AdamW's state is created on the flat partitions
+  (`fp32_partitioned_groups_flat`) and linked to the parameters
+  (`_lazy_init_hp_params_optimizer_state`); under ZeRO-2 the public
+  `safe_set_full_*` write each partition, under ZeRO-3 the optimizer's
+  `_get_fp32_opt_state_partition` / `_get_param_partition_rank` /
+  `_get_param_partition_group` (its own setter does not pad a last partition).
 """
 
 from __future__ import annotations

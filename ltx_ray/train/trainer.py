@@ -12,9 +12,7 @@ loop's tests run it on a plain `torch.distributed` group (`ltx_ray.train.context
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 import torch
@@ -24,13 +22,12 @@ from ltx_ray import tempdirs
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.estimate.estimate import GIB
 from ltx_ray.estimate.tracker import StorageTracker
-from ltx_ray.model.loader import precision_dtype
-from ltx_ray.storage import upload
+from ltx_ray.model.av2av import precision_dtype
+from ltx_ray.run_store import RunStore
 from ltx_ray.train import batches, train_state, zero3
 from ltx_ray.train.checkpoint import CheckpointWriter, restore
 from ltx_ray.train.context import WorkerContext
 from ltx_ray.train.engine import build_engine
-from ltx_ray.train.outputs import outputs_uri
 from ltx_ray.train.step import StepShape, train_step
 from ltx_ray.train.tracking import Tracker
 
@@ -48,20 +45,19 @@ class RunSetup:
     run_name: str
     checkpoint_path: str
     wandb_dir: str
-    lora_metadata: dict[str, str]
     validation_file: str | None = None
     # `ltx-ray estimate`'s modelled bytes of a training worker (no CUDA-context allowance), if it ran.
     estimated_bytes: int | None = None
 
 
 def should_preview(job: JobConfig, done: int) -> bool:
-    """A validation preview after `done` steps: every `validation_every`, and after the last."""
-    return done % job.train.validation_every == 0 or done == job.request.number_of_steps
+    """A validation preview after `done` steps: every `preview.every` steps, and after the last."""
+    return done % job.preview.every == 0 or done == job.request.number_of_steps
 
 
 def should_checkpoint(job: JobConfig, done: int) -> bool:
-    """A checkpoint after `done` steps: every `checkpoint_every`, and the final one."""
-    return done % job.train.checkpoint_every == 0 or done == job.request.number_of_steps
+    """A checkpoint after `done` steps: every `checkpoint.every` steps, and the final one."""
+    return done % job.checkpoint.every == 0 or done == job.request.number_of_steps
 
 
 class Trainer:
@@ -70,6 +66,7 @@ class Trainer:
     def __init__(self, setup: RunSetup, context: WorkerContext):
         self.setup, self.context = setup, context
         self.job = setup.job
+        self.store = RunStore(self.job.storage, setup.run_name)  # where its checkpoints and outputs go
         self.dtype = precision_dtype(self.job.cluster.precision)
         # As many intra-op threads as the worker was given CPUs: more oversubscribes the node.
         torch.set_num_threads(max(1, int(self.job.cluster.resources_per_worker.get("CPU", 1))))
@@ -102,7 +99,7 @@ class Trainer:
         tracker = Tracker(job, run, Path(self.setup.wandb_dir), enabled=rank == 0)
         progress = _progress_bar(rank, start, total)
         previewer = self._previewer()
-        writer = CheckpointWriter(job, run) if rank == 0 else None
+        writer = CheckpointWriter(job, self.store) if rank == 0 else None
         preemption = _PreemptionVote(ctx)
         memory = PeakMemory(engine, device)
         saved_step, preemption_saved = start, False  # the newest step whose state is in storage
@@ -111,7 +108,7 @@ class Trainer:
             tensors, meta = train_state.gather(engine)  # collective
             lora = zero3.lora_state_dict(engine)  # collective under ZeRO-3
             if writer is not None:
-                writer.submit(tensors, meta, lora, self.setup.lora_metadata, state={
+                writer.submit(tensors, meta, lora, state={
                     "step": done, "data_position": {"epoch": batches.epoch_of(done, len(samples), shape.global_batch_size),
                                                     "samples_seen": done * shape.global_batch_size},
                     "seed": job.seed, "global_batch_size": shape.global_batch_size, "world_size": world,
@@ -147,7 +144,6 @@ class Trainer:
                 self.recomputed_blocks = counter.close(shape.accumulation)
                 self._check_first_step(metrics.memory_peak_gib, tracker, step + 1)
             done = step + 1
-            _maybe_fail(job, done, start, rank)
             if metrics.storage_failed:
                 break  # every rank learned it in the step's all-reduce; rank 0 reports the error below
             tracker.log(metrics.logged(), step=done)
@@ -172,12 +168,12 @@ class Trainer:
                 return
         wandb_run_dir = tracker.finish()
         if wandb_run_dir is not None:
-            upload(wandb_run_dir, outputs_uri(job, run, "wandb"), job.storage)
+            self.store.upload(wandb_run_dir, self.store.output("wandb"))
 
     def _resume(self) -> int:
         """Load the newest verified checkpoint into the engine, if any; the step to go on from."""
         job, rank = self.job, self.context.rank
-        resumed = restore(self.engine, job, self.setup.run_name, rank)
+        resumed = restore(self.engine, self.store, rank)
         if not resumed:
             return 0
         start, total = int(resumed["step"]), job.request.number_of_steps
@@ -222,13 +218,13 @@ class Trainer:
     def _preview(self, previewer, done: int, *, final: bool, tracker: Tracker) -> None:
         from ltx_ray.sample.preview import REEL_NAME, local_preview_dir
 
-        job, run = self.job, self.setup.run_name
-        reel = previewer.run(self.engine.module, done, local_preview_dir(run))  # eval mode inside, train after
+        # Eval mode inside, train mode again after.
+        reel = previewer.run(self.engine.module, done, local_preview_dir(self.setup.run_name))
         if reel is None:
             return
-        upload(reel, outputs_uri(job, run, reel.name), job.storage)
+        self.store.upload(reel, self.store.output(reel.name))
         if final:
-            upload(reel, outputs_uri(job, run, REEL_NAME), job.storage)
+            self.store.upload(reel, self.store.output(REEL_NAME))
         tracker.log_video("validation/reel", reel, step=done, caption=f"step {done}: reference | generated")
 
 
@@ -312,18 +308,6 @@ class _BlockCounter:
         for h in self.handles:
             h.remove()
         return max(0, self.calls - len(self.blocks) * micro_steps)
-
-
-def _maybe_fail(job: JobConfig, done: int, start: int, rank: int) -> None:
-    """Test hook `train.fail_at_step`: kill the last rank's process once, as a crashed node would.
-
-    It fires only in an attempt that started from scratch, so the restarted
-    attempt (which resumes from a checkpoint) runs through.
-    """
-    last_rank = dist.get_world_size() - 1 if dist.is_initialized() else 0
-    if job.train.fail_at_step and done == job.train.fail_at_step and start == 0 and rank == last_rank:
-        log.warning("train.fail_at_step=%d: killing worker rank %d", done, rank)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _progress_bar(rank: int, start: int, total: int):

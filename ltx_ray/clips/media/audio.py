@@ -9,10 +9,10 @@ import av
 import av.filter
 import numpy as np
 
+from ltx_ray.config.resolution import AUDIO_SAMPLE_RATE
 from ltx_ray.errors import DatasetError, Problem
 
-# The LTX-2.3 audio VAE works on 16 kHz stereo.
-AUDIO_SAMPLE_RATE = 16000
+# The LTX-2.3 audio VAE works on 16 kHz (`AUDIO_SAMPLE_RATE`) stereo.
 AUDIO_CHANNELS = 2
 # Peak level after normalisation: just under full scale, so an AAC re-encode does not clip.
 NORMALIZE_PEAK = 0.95
