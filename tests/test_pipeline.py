@@ -34,9 +34,16 @@ def _own_cache_job(tiny_bundle, sample_dataset, storage_path: str, run_name: str
     return tiny_job(tiny_bundle, sample_dataset, storage_path, run_name, "storage.latent_cache_path=''", *overrides)
 
 
-def test_preprocess_builds_a_complete_cache_in_a_local_folder(tmp_path, tiny_bundle, sample_dataset, ray_cluster):
-    job = _own_cache_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-local")
-    cache = build_latent_cache(job)
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_bundle, sample_dataset, ray_cluster):
+    """One cache built from cold in a local folder, shared by the tests that read it or build beside it:
+    (job, its cache)."""
+    job = _own_cache_job(tiny_bundle, sample_dataset, str(tmp_path_factory.mktemp("built") / "runs"), "prep-local")
+    return job, build_latent_cache(job)
+
+
+def test_preprocess_builds_a_complete_cache_in_a_local_folder(built):
+    job, cache = built
     root = Path(cache.uri)
     assert not cache.hit
     assert (root / COMPLETE_MARKER).is_file() and (Path(cache.writer_uri) / REPORT_FILE).is_file()
@@ -53,21 +60,19 @@ def test_preprocess_builds_a_complete_cache_in_a_local_folder(tmp_path, tiny_bun
     assert samples[0]["ref_video"].shape == samples[0]["video"].shape
 
 
-def test_second_run_hits_the_cache_without_decoding(tmp_path, tiny_bundle, sample_dataset, ray_cluster):
-    job = _own_cache_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-hit")
-    first = build_latent_cache(job)
+def test_second_run_hits_the_cache_without_decoding(built):
+    job, first = built
     second = build_latent_cache(job)
     assert second.hit and second.uri == first.uri
     assert _decoded(first) == 3 and _decoded(second) == 0
 
 
-def test_changed_parameter_misses_the_cache(tmp_path, tiny_bundle, sample_dataset, ray_cluster):
-    runs = str(tmp_path / "runs")
-    first = build_latent_cache(_own_cache_job(tiny_bundle, sample_dataset, runs, "prep-miss"))
-    changed = build_latent_cache(_own_cache_job(tiny_bundle, sample_dataset, runs, "prep-miss",
+def test_changed_parameter_misses_the_cache(built, tiny_bundle, sample_dataset):
+    job, first = built
+    changed = build_latent_cache(_own_cache_job(tiny_bundle, sample_dataset, job.storage.storage_path, "prep-miss",
                                                 "request.audio_normalize=false"))
     assert not changed.hit and changed.key != first.key
-    assert _decoded(first, changed) == 6
+    assert _decoded(changed) == 3
 
 
 def test_interrupted_write_leaves_no_complete_looking_cache(tmp_path, tiny_bundle, sample_dataset, ray_cluster,
@@ -213,15 +218,18 @@ def test_decode_tasks_shrink_towards_the_end_and_cover_every_pair_once(pairs, wo
         assert len(sizes) <= pairs // 2
 
 
-def test_a_damaged_shard_is_named_and_the_cache_rebuilt(tmp_path, tiny_bundle, sample_dataset, ray_cluster, caplog):
+def test_a_damaged_shard_is_named_and_the_cache_rebuilt(tmp_path, built, tiny_bundle, sample_dataset, caplog):
+    # A copy of the shared cache in a storage of its own, found complete, then damaged.
+    shutil.copytree(built[1].uri, tmp_path / "runs" / "latents" / built[1].key)
     job = _own_cache_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-damaged")
     first = build_latent_cache(job)
+    assert first.hit
     shard = Path(first.uri) / first.shards[0]
     size = shard.stat().st_size
     shard.write_bytes(shard.read_bytes()[: size // 2])  # cut short; the marker is intact
     with caplog.at_level("WARNING", logger="ltx_ray.latents.pipeline"):
         second = build_latent_cache(job)
-    assert not second.hit and _decoded(first, second) == 6
+    assert not second.hit and _decoded(second) == 3
     assert f"{shard} is {size // 2} bytes, the marker says {size}" in caplog.text
     assert not shard.exists() and len(LatentIndex.read(second.uri, job.storage)) == 3
 
@@ -237,26 +245,29 @@ def test_a_damaged_shard_is_named_and_the_cache_rebuilt(tmp_path, tiny_bundle, s
     assert len(LatentIndex.read(third.uri, job.storage)) == 3
 
 
-def test_readers_read_only_the_shards_the_marker_lists(tmp_path, tiny_bundle, sample_dataset, ray_cluster):
-    job = _own_cache_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-two-writers")
-    cache = build_latent_cache(job)
+def test_readers_read_only_the_shards_the_marker_lists(tmp_path, built, tiny_bundle, sample_dataset):
+    _, cache = built
+    # A copy of the cache, so that the shared one stays as built.
+    copy = tmp_path / "latents" / cache.key
+    shutil.copytree(cache.uri, copy)
+    job = tiny_job(tiny_bundle, sample_dataset, str(tmp_path / "runs"), "prep-two-writers",
+                   f"storage.latent_cache_path={tmp_path / 'latents'}")
     # A second writer of the same key that has not published (or lost): its shards lie beside the cache's.
-    other = Path(cache.uri) / "w-other-writer"
-    shutil.copytree(Path(cache.writer_uri), other)
+    other = copy / "w-other-writer"
+    shutil.copytree(copy / cache.writer, other)
     found = find_cache(RunStore(job.storage, "prep-two-writers"), cache.key)
     assert found.hit and found.shards == cache.shards
     assert len(LatentIndex.read(found.uri, job.storage)) == 3  # not 6
     assert other.exists()  # a reader deletes nothing: a folder no marker lists may be a build in progress
 
 
-def test_runs_of_one_storage_share_its_latent_cache_whatever_their_names(tmp_path, tiny_bundle, sample_dataset,
-                                                                         ray_cluster):
-    runs = tmp_path / "runs"
-    first = build_latent_cache(_own_cache_job(tiny_bundle, sample_dataset, str(runs), "share-a"))
+def test_runs_of_one_storage_share_its_latent_cache_whatever_their_names(built, tiny_bundle, sample_dataset):
+    job, first = built
+    runs = Path(job.storage.storage_path)
     second = build_latent_cache(_own_cache_job(tiny_bundle, sample_dataset, str(runs), "share-b"))
     assert not first.hit and second.hit and second.uri == first.uri == str(runs / "latents" / first.key)
     assert _decoded(second) == 0  # the second run decoded (and encoded) nothing
-    assert not (runs / "share-a" / "latents").exists() and not (runs / "share-b" / "latents").exists()
+    assert not (runs / "prep-local" / "latents").exists() and not (runs / "share-b" / "latents").exists()
 
 
 def test_two_runs_needing_one_cache_at_once_build_it_once(tmp_path, tiny_bundle, sample_dataset, ray_cluster):

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from jobs import ROOT
 
 
@@ -63,29 +65,42 @@ def _run(tmp_path, tiny_bundle, *, world: int, steps: int, overrides=(), killed:
                    killed=killed)
 
 
-def test_gradient_checkpointing_recomputes_ltx_core_blocks_with_the_model_in_train_mode(tmp_path, tiny_bundle):
-    [rank0] = _run(tmp_path, tiny_bundle, world=1, steps=2,
+@pytest.fixture(scope="module")
+def checkpointed_run(tmp_path_factory, tiny_bundle):
+    """2 steps on 1 rank with gradient checkpointing and an estimate of 1 GiB: rank 0's record."""
+    [rank0] = _run(tmp_path_factory.mktemp("checkpointed"), tiny_bundle, world=1, steps=2, estimated_bytes=2**30,
                    overrides=["cluster.gradient_checkpointing=true", "checkpoint.every=100"])
+    return rank0
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory, tiny_bundle):
+    """1 step on 1 rank without gradient checkpointing and an estimate of 1 KiB (far below any step): rank 0's."""
+    [rank0] = _run(tmp_path_factory.mktemp("plain"), tiny_bundle, world=1, steps=1, estimated_bytes=1024,
+                   overrides=["cluster.gradient_checkpointing=false"])
+    return rank0
+
+
+def test_gradient_checkpointing_recomputes_ltx_core_blocks_with_the_model_in_train_mode(checkpointed_run):
     # 2 blocks, 1 micro-step: each block's forward runs again in backward.
-    assert rank0["recomputed_blocks"] == 2
-    assert rank0["modes"] and all(rank0["modes"])  # the LTXModel itself, not only its PEFT wrapper, trains
+    assert checkpointed_run["recomputed_blocks"] == 2
+    # The LTXModel itself trains, not only its PEFT wrapper.
+    assert checkpointed_run["modes"] and all(checkpointed_run["modes"])
 
 
-def test_without_gradient_checkpointing_no_block_is_recomputed(tmp_path, tiny_bundle):
-    [rank0] = _run(tmp_path, tiny_bundle, world=1, steps=1, overrides=["cluster.gradient_checkpointing=false"])
-    assert rank0["recomputed_blocks"] == 0
+def test_without_gradient_checkpointing_no_block_is_recomputed(plain_run):
+    assert plain_run["recomputed_blocks"] == 0
 
 
-def test_every_step_measures_its_peak_memory_and_step_1_is_set_against_the_estimate(tmp_path, tiny_bundle):
-    [rank0] = _run(tmp_path, tiny_bundle, world=1, steps=2, estimated_bytes=2**30)
-    assert len(rank0["peak_gib"]) == 2 and all(0 < p < 1 for p in rank0["peak_gib"])
-    assert "ltx-ray: memory: measured 0.0" in rank0["log"] and "estimated 1.00 GiB" in rank0["log"]
-    assert "exceeds the estimate" not in rank0["log"]
+def test_every_step_measures_its_peak_memory_and_step_1_is_set_against_the_estimate(checkpointed_run):
+    log = checkpointed_run["log"]
+    assert len(checkpointed_run["peak_gib"]) == 2 and all(0 < p < 1 for p in checkpointed_run["peak_gib"])
+    assert "ltx-ray: memory: measured 0.0" in log and "estimated 1.00 GiB" in log
+    assert "exceeds the estimate" not in log
 
 
-def test_a_step_1_peak_over_the_estimate_by_more_than_15_percent_is_warned_about(tmp_path, tiny_bundle):
-    [rank0] = _run(tmp_path, tiny_bundle, world=1, steps=1, estimated_bytes=1024)
-    assert "exceeds the estimate (0.00 GiB) by more than 15%" in rank0["log"]
+def test_a_step_1_peak_over_the_estimate_by_more_than_15_percent_is_warned_about(plain_run):
+    assert "exceeds the estimate (0.00 GiB) by more than 15%" in plain_run["log"]
 
 
 def test_host_reads_per_step_do_not_grow_with_the_micro_steps(tmp_path, tiny_bundle):
