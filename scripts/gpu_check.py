@@ -301,10 +301,10 @@ def _blocks_step(job, arch, blocks: int, samples, ctx, dtype) -> tuple[int, floa
     import copy
 
     import torch
-    from ltx_core.model.transformer.model_configurator import LTXModelConfigurator
     from torch.utils.flop_counter import FlopCounterMode
 
     from ltx_ray.model.tiny import initialised
+    from ltx_ray.model.transformer import TransformerConfigurator
     from ltx_ray.train.engine import build_engine
     from ltx_ray.train.step import StepShape, train_step
     from ltx_ray.train.trainer import PeakMemory
@@ -313,7 +313,7 @@ def _blocks_step(job, arch, blocks: int, samples, ctx, dtype) -> tuple[int, floa
     config["transformer"]["num_layers"] = blocks
     torch.manual_seed(job.seed)
     with torch.device(ctx.device):
-        transformer = initialised(LTXModelConfigurator.from_config(config)).to(dtype)
+        transformer = initialised(TransformerConfigurator.from_config(config)).to(dtype)
     engine = build_engine(job, transformer, ctx.world_size, ctx.device, dtype)
     c = job.cluster
     shape = StepShape(rank=ctx.rank, world=ctx.world_size, accumulation=c.accumulation_steps(ctx.world_size),

@@ -138,9 +138,9 @@ def build_transformer(arch: Architecture, *, dtype: torch.dtype, lora: LoraSetti
     """ltx-core's AV transformer for `arch`, in `dtype`, with our `lora` (as the training engine builds it:
     `lora.trainable_lora_model`). Tensors are made in the ambient mode: call it under `FakeTensorMode` or on
     the meta device for a model that would not fit."""
-    from ltx_core.model.transformer.model_configurator import LTXModelConfigurator
+    from ltx_ray.model.transformer import TransformerConfigurator
 
-    model = LTXModelConfigurator.from_config(arch.config).to(dtype)
+    model = TransformerConfigurator.from_config(arch.config).to(dtype)
     if lora is None:
         if gradient_checkpointing:
             model.set_gradient_checkpointing(True)

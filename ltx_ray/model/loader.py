@@ -120,10 +120,12 @@ def load_transformer(
     loader (W += strength·B·A), as LTX pipelines apply a LoRA at inference.
     """
     from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP, SingleGPUModelBuilder
-    from ltx_core.model.transformer.model_configurator import LTXV_MODEL_COMFY_RENAMING_MAP, LTXModelConfigurator
+    from ltx_core.model.transformer.model_configurator import LTXV_MODEL_COMFY_RENAMING_MAP
+
+    from ltx_ray.model.transformer import TransformerConfigurator
 
     path = _check_checkpoint(checkpoint, "transformer")
-    builder = SingleGPUModelBuilder(model_class_configurator=LTXModelConfigurator, model_path=str(path),
+    builder = SingleGPUModelBuilder(model_class_configurator=TransformerConfigurator, model_path=str(path),
                                     model_sd_ops=LTXV_MODEL_COMFY_RENAMING_MAP)
     if lora is None:
         return _build_with(builder, path, dtype, torch.device(device), "transformer")
@@ -135,10 +137,12 @@ def load_transformer(
 def transformer_linear_shapes(checkpoint: str | Path) -> dict[str, tuple[int, int]]:
     """(out, in) of every Linear of the checkpoint's transformer, by module name; built on the meta device."""
     from ltx_core.loader import SingleGPUModelBuilder
-    from ltx_core.model.transformer.model_configurator import LTXV_MODEL_COMFY_RENAMING_MAP, LTXModelConfigurator
+    from ltx_core.model.transformer.model_configurator import LTXV_MODEL_COMFY_RENAMING_MAP
+
+    from ltx_ray.model.transformer import TransformerConfigurator
 
     path = _check_checkpoint(checkpoint, "transformer")
-    builder = SingleGPUModelBuilder(model_class_configurator=LTXModelConfigurator, model_path=str(path),
+    builder = SingleGPUModelBuilder(model_class_configurator=TransformerConfigurator, model_path=str(path),
                                     model_sd_ops=LTXV_MODEL_COMFY_RENAMING_MAP)
     model = builder.meta_model(builder.model_config(), ())
     return {n: tuple(m.weight.shape) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
@@ -150,10 +154,12 @@ def transformer_blueprint(checkpoint: str | Path) -> tuple[Path, Any, dict[str, 
     For loaders that build the transformer elsewhere than on one device (`ltx_ray.train.zero3`).
     """
     from ltx_core.loader import SingleGPUModelBuilder
-    from ltx_core.model.transformer.model_configurator import LTXV_MODEL_COMFY_RENAMING_MAP, LTXModelConfigurator
+    from ltx_core.model.transformer.model_configurator import LTXV_MODEL_COMFY_RENAMING_MAP
+
+    from ltx_ray.model.transformer import TransformerConfigurator
 
     path = _check_checkpoint(checkpoint, "transformer")
-    builder = SingleGPUModelBuilder(model_class_configurator=LTXModelConfigurator, model_path=str(path),
+    builder = SingleGPUModelBuilder(model_class_configurator=TransformerConfigurator, model_path=str(path),
                                     model_sd_ops=LTXV_MODEL_COMFY_RENAMING_MAP)
     config = builder.model_config()
     return path, config, {name: tuple(p.shape) for name, p in builder.meta_model(config, ()).named_parameters()}
@@ -161,9 +167,9 @@ def transformer_blueprint(checkpoint: str | Path) -> tuple[Path, Any, dict[str, 
 
 def transformer_from_config(config: Any) -> torch.nn.Module:
     """An `LTXModel` with freshly initialised weights, built wherever the caller's context puts it."""
-    from ltx_core.model.transformer.model_configurator import LTXModelConfigurator
+    from ltx_ray.model.transformer import TransformerConfigurator
 
-    return LTXModelConfigurator.from_config(config)
+    return TransformerConfigurator.from_config(config)
 
 
 def transformer_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:

@@ -209,13 +209,13 @@ def _tiny_checkpoint_state(config: dict, gemma_hidden: int, gemma_layers: int) -
         AudioEncoderConfigurator,
         VocoderConfigurator,
     )
-    from ltx_core.model.transformer.model_configurator import LTXModelConfigurator
     from ltx_core.model.video_vae import VideoDecoderConfigurator, VideoEncoderConfigurator
 
     from ltx_ray.model.loader import build_embeddings_processor
+    from ltx_ray.model.transformer import TransformerConfigurator
 
     state: dict[str, torch.Tensor] = {}
-    transformer = initialised(LTXModelConfigurator.from_config(config))
+    transformer = initialised(TransformerConfigurator.from_config(config))
     state.update(_prefixed(transformer.state_dict(), "model.diffusion_model."))
 
     embeddings = initialised(build_embeddings_processor(config, gemma_hidden, gemma_layers))
