@@ -130,8 +130,10 @@ def _sequential(job, rows: list[dict], out: Path) -> float:
     import pyarrow.parquet as pq
     import torch
 
+    from ltx_ray.model.files import model_files
+
     started = time.perf_counter()
-    encoder = stages.Encode(job.model, job.cluster.use_gpu, job.cluster.precision)
+    encoder = stages.Encode(model_files(job.model, job.storage), job.cluster.use_gpu, job.cluster.precision)
     torch.set_num_threads(os.cpu_count() or 1)  # the actor keeps to its one CPU; a lone process has them all
     out.mkdir(parents=True, exist_ok=True)
     for i, row in enumerate(rows):

@@ -123,7 +123,7 @@ def _compare(source: Path, args) -> int:
     official = torch.load(outputs)
     worst = 0.0
     print(f"LTX-{args.version} tiny bundle, fp32, reference tokens at t=0, target at sigma={args.sigma}")
-    print(f"relative difference of the velocity against the official ltx-core in {source.parents[1]}")
+    print(f"relative difference of the velocity against the official ltx-core in {source.parents[2]}")
     header = f"{'pass':<10} {'modality':<7}" + "".join(f" {name:>16}" for name in models)
     print(header)
     for i, name in enumerate(settings.guidance.passes):

@@ -79,7 +79,7 @@ def test_reference_follows_the_loras_temporal_factor_the_official_way(reference_
                                                                       tmp_path):
     lora_path = _relabelled_lora(reference_run, tmp_path, "t2.safetensors",
                                  reference_temporal_scale_factor="2", reference_downscale_factor="2")
-    scaling = check_ic_lora(lora_path, tiny_bundle.checkpoint).scaling(frame_rate=16)
+    scaling = check_ic_lora(lora_path, tiny_bundle.files).scaling(frame_rate=16)
     assert (scaling.temporal, scaling.downscale) == (2, 2)
     job, _ = load_config(DEMO, [*_model_args(tiny_bundle), "request.validation_number_of_frames=17",
                                 "request.validation_frame_rate=16"], training=False)

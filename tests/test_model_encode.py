@@ -75,14 +75,12 @@ def test_bf16_audio_encoder_on_a_float32_waveform_matches_fp32_to_bf16_error(tin
 def test_bf16_encode_stage_gives_audio_latents_within_bf16_error_of_fp32(tiny_bundle):
     import numpy as np
 
-    from ltx_ray.config.schema import ModelConfig
     from ltx_ray.latents.blobs import pack_tensors, unpack_tensors
     from ltx_ray.latents.stages import Encode
 
     threads = torch.get_num_threads()
     try:  # the actor sets one thread per process; this test process keeps its own
-        stage = Encode(ModelConfig(checkpoint=str(tiny_bundle.checkpoint), text_encoder=str(tiny_bundle.gemma_dir)),
-                       use_gpu=False, precision="bf16")
+        stage = Encode(tiny_bundle.files, use_gpu=False, precision="bf16")
     finally:
         torch.set_num_threads(threads)
     frames, audio = np.zeros((9, 32, 32, 3), np.uint8), tone()[0].numpy()
@@ -105,7 +103,7 @@ def test_decode_audio_returns_a_stereo_waveform_and_its_rate(tiny_bundle):
 
 
 def test_encode_text_gives_video_and_audio_context_per_caption(tiny_bundle):
-    text = loader.load_text_encoder(tiny_bundle.gemma_dir, tiny_bundle.checkpoint, max_length=128)
+    text = loader.load_text_encoder(tiny_bundle.files, max_length=128)
     ctx = encode_text(text, ["av_st9le a bright square", "quiet rain"])
     assert ctx.video_context.shape == (2, 128, 32)
     assert ctx.audio_context.shape == (2, 128, 32)

@@ -1,6 +1,7 @@
 """The loader builds every LTX-2.3 component from a single-file checkpoint, or says exactly what is wrong."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ def test_loader_builds_every_component_from_the_tiny_checkpoint(tiny_bundle):
         AudioDecoder: loader.load_audio_decoder(ckpt),
         VocoderWithBWE: loader.load_vocoder(ckpt),
     }
-    text = loader.load_text_encoder(tiny_bundle.gemma_dir, ckpt, max_length=128)
+    text = loader.load_text_encoder(tiny_bundle.files, max_length=128)
     for cls, model in built.items():
         assert isinstance(model, cls)
     for model in [*built.values(), text]:
@@ -104,12 +105,12 @@ def test_tiny_checkpoint_has_the_real_key_prefixes_and_config_sections(tiny_bund
 
 def test_text_encoder_without_a_gemma_directory_is_refused(tiny_bundle, tmp_path):
     with pytest.raises(ModelError, match="no config.json"):
-        loader.load_text_encoder(tmp_path, tiny_bundle.checkpoint, max_length=128)
+        loader.load_text_encoder(replace(tiny_bundle.files, text_encoder=str(tmp_path)), max_length=128)
 
 
 def test_text_encoder_checks_the_checkpoint_before_loading_gemma(tiny_bundle, tmp_path):
     with pytest.raises(ModelError, match="not found"):
-        loader.load_text_encoder(tiny_bundle.gemma_dir, tmp_path / "missing.safetensors")
+        loader.load_text_encoder(replace(tiny_bundle.files, transformer=str(tmp_path / "missing.safetensors")))
 
 
 def test_tiny_bundle_gives_real_values_to_tensors_ltx_core_leaves_empty(tiny_bundle):

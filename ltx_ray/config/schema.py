@@ -198,12 +198,21 @@ def temporal_problems(where: str, k: int, frame_counts: dict[str, int]) -> list[
 
 @dataclass
 class ModelConfig:
-    """Where the base model lives: an LTX-2.3 single-file checkpoint and a Gemma-3 directory."""
+    """Where the base model lives: LTX-2.3's single file and a Gemma-3 directory, or LTX-2.5's files.
+
+    The generation (2.3 or 2.5) is read from the transformer file's metadata (`ltx_ray.model.files`).
+    """
 
     checkpoint: str = "ltx-2.3-22b-dev.safetensors"
-    """The LTX-2.3 single-file checkpoint (local path or URL): transformer, VAEs, vocoder, connectors."""
+    """The transformer (local path or URL): LTX-2.3's single file (transformer, VAEs, vocoder, connectors) or
+    LTX-2.5's transformer file (ltx-2.5-22b-dev-transformer-bf16.safetensors, with the text connectors)."""
+    video_vae: str = ""
+    """LTX-2.5: the video VAE's file (ltx-2.5-video-vae-bf16.safetensors). Empty for LTX-2.3 (in its single file)."""
+    audio_vae: str = ""
+    """LTX-2.5: the audio VAE and vocoder's file (ltx-2.5-audio-vae-bf16.safetensors). Empty for LTX-2.3."""
     text_encoder: str = "gemma-3-12b-it"
-    """The Gemma-3 directory (local path or URL) ltx-core's text encoder runs on."""
+    """The text encoder (local path or URL): LTX-2.3's Gemma-3 directory, or LTX-2.5's Gemma-4 packed with its
+    feature projection in one file (gemma4-12b-with-proj-ltx-2.5-bf16.safetensors)."""
     lora_targets: List[str] = field(
         default_factory=lambda: [
             "attn1", "attn2", "audio_attn1", "audio_attn2", "audio_to_video_attn", "video_to_audio_attn",
@@ -527,6 +536,8 @@ class JobConfig:
             sample.reference_audio_url = _absolute(sample.reference_audio_url)
         self.model.checkpoint = _absolute(self.model.checkpoint)
         self.model.text_encoder = _absolute(self.model.text_encoder)
+        self.model.video_vae = _absolute(self.model.video_vae)
+        self.model.audio_vae = _absolute(self.model.audio_vae)
         self.storage.storage_path = _absolute(self.storage.storage_path)
         self.storage.latent_cache_path = _absolute(self.storage.latent_cache_path)
         return warnings

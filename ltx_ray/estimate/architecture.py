@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import struct
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from ltx_ray.model.av2av import (
     ReferenceScaling,
     audio_latent_frames,
 )
+from ltx_ray.model.header import read_metadata
 from ltx_ray.model.ltx23 import LTX23_22B_CONFIG
 
 BUILTIN_SOURCE = "built-in LTX-2.3 22B configuration (ltx_ray.model.ltx23.LTX23_22B_CONFIG)"
@@ -33,8 +32,6 @@ BUILTIN_SOURCE = "built-in LTX-2.3 22B configuration (ltx_ray.model.ltx23.LTX23_
 # Padded caption length of the text encoder (ltx_ray.model.loader.load_text_encoder's max_length).
 TEXT_TOKENS = 1024
 
-# Headers larger than this are not a model config (the 22B's is ~1.5 MB with its tensor index).
-_MAX_HEADER = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -59,27 +56,9 @@ def read_architecture(checkpoint: str | Path, storage: StorageConfig | None = No
     `storage` gives an S3 endpoint and region (`storage.endpoint_override`). Raises `ModelError` naming the checkpoint when it cannot be reached or is not an LTX-2 checkpoint.
     """
     text = str(checkpoint)
-    scheme = text.split("://", 1)[0].lower() if "://" in text else "file"
-    try:
-        if scheme in ("http", "https"):
-            header = _http_header(text)
-        elif scheme in ("s3", "gs", "gcs"):
-            from ltx_ray.storage import resolve_filesystem
-
-            fs, path = resolve_filesystem(text, storage)
-            with fs.open_input_file(path) as f:
-                header = _read_header(f.read, text)
-        else:
-            path = Path(text.removeprefix("file://")).expanduser()
-            with open(path, "rb") as f:
-                header = _read_header(f.read, text)
-    except ModelError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise ModelError(Problem(text, f"cannot read the checkpoint's header: {exc}")) from None
-    meta = header.get("__metadata__") or {}
+    meta = read_metadata(text, storage)
     if "config" not in meta:
-        raise ModelError(Problem(text, "no 'config' entry in the safetensors metadata: not an LTX-2 single-file checkpoint"))
+        raise ModelError(Problem(text, "no 'config' entry in the safetensors metadata: not an LTX-2 checkpoint"))
     try:
         config = json.loads(meta["config"])
     except json.JSONDecodeError as exc:
@@ -101,7 +80,7 @@ def architecture_for(job: JobConfig) -> tuple[Architecture, str | None]:
     if local and not Path(text.removeprefix("file://")).expanduser().is_file():
         return builtin_architecture(), f"{text}: no such file"
     try:
-        return read_architecture(text, job.storage), None
+        return _with_component_configs(read_architecture(text, job.storage), job), None
     except ModelError as exc:
         if local:
             raise
@@ -109,34 +88,21 @@ def architecture_for(job: JobConfig) -> tuple[Architecture, str | None]:
         return builtin_architecture(), reason if len(reason) <= 200 else reason[:197] + "..."
 
 
-def _read_header(read, name: str) -> dict[str, Any]:
-    raw = read(8)
-    if len(raw) != 8:
-        raise ModelError(Problem(name, "not a safetensors file (shorter than its 8-byte header length)"))
-    (length,) = struct.unpack("<Q", raw)
-    if length > _MAX_HEADER:
-        raise ModelError(Problem(name, f"not a safetensors file (header length {length} bytes)"))
-    body = read(length)
-    if len(body) != length:
-        raise ModelError(Problem(name, "the safetensors header is cut short"))
-    return json.loads(body)
-
-
-def _http_header(url: str) -> dict[str, Any]:
-    """Two ranged GETs: the 8-byte length, then the header itself."""
-    def ranged(start: int, end: int) -> bytes:
-        request = urllib.request.Request(url, headers={"Range": f"bytes={start}-{end}"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            data = response.read(end - start + 1)
-            if response.status != 206 and start > 0:
-                raise OSError(f"the server ignored the byte range (HTTP {response.status})")
-            return data
-
-    first = ranged(0, 7)
-    (length,) = struct.unpack("<Q", first[:8]) if len(first) >= 8 else (None,)
-    if length is None or length > _MAX_HEADER:
-        raise ModelError(Problem(url, "not a safetensors file"))
-    return json.loads(ranged(8, 8 + length - 1))
+def _with_component_configs(arch: Architecture, job: JobConfig) -> Architecture:
+    """LTX-2.5's transformer file holds only {transformer, scheduler}: add its VAE files' sections (`vae`,
+    `audio_vae`, `vocoder`) where they can be read; the built-in 2.3 values stand in for the others."""
+    missing = [s for s in ("vae", "audio_vae") if s not in arch.config]
+    if not missing:
+        return arch
+    config = dict(arch.config)
+    for uri in dict.fromkeys(u for u in (job.model.video_vae, job.model.audio_vae) if u):
+        try:
+            config = {**json.loads(read_metadata(uri, job.storage).get("config", "{}")), **config}
+        except (ModelError, ValueError):
+            continue
+    for section in missing:
+        config.setdefault(section, copy.deepcopy(LTX23_22B_CONFIG[section]))
+    return Architecture(config, arch.source)
 
 
 # --- the step's shapes -----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The Gemma-3 text encoder's sizes for the estimate: its directory's `config.json`, or ltx-core's copy."""
+"""The text encoder's sizes for the estimate: a Gemma-3 directory's `config.json`, a packed Gemma-4's `gemma_config`
+header metadata (LTX-2.5), or ltx-core's copy of the Gemma-3 12B config."""
 
 from __future__ import annotations
 
@@ -14,6 +15,19 @@ def gemma_config(text_encoder: str):
     from transformers import AutoConfig, Gemma3Config
 
     text = str(text_encoder)
+    if text.endswith(".safetensors"):  # a packed Gemma-4 (LTX-2.5): its HF config is in the header
+        import json
+
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        from ltx_ray.errors import ModelError
+        from ltx_ray.model.header import read_metadata
+
+        try:
+            config = json.loads(read_metadata(text)["gemma_config"])
+            return CONFIG_MAPPING[config["model_type"]].from_dict(config), f"{text} (gemma_config)"
+        except (ModelError, KeyError, ValueError):
+            pass
     try:
         if "://" in text and not text.startswith("file://"):
             from ltx_ray.storage import resolve_filesystem
@@ -34,9 +48,13 @@ def gemma_config(text_encoder: str):
 
 
 def gemma_parameters(config) -> int:
-    """Parameter count of the Gemma-3 model `config` describes, built on the meta device."""
-    from transformers import Gemma3ForCausalLM, Gemma3ForConditionalGeneration
+    """Parameter count of the Gemma model `config` describes, built on the meta device."""
+    from transformers import AutoModelForImageTextToText, Gemma3ForCausalLM, Gemma3ForConditionalGeneration
 
+    if config.model_type.startswith("gemma4"):
+        with torch.device("meta"):
+            model = AutoModelForImageTextToText.from_config(config)
+        return sum(p.numel() for p in model.parameters())
     model_class = Gemma3ForConditionalGeneration if config.model_type == "gemma3" else Gemma3ForCausalLM
     with torch.device("meta"):
         model = model_class._from_config(config)

@@ -37,6 +37,7 @@ from ltx_ray.run_store import RunStore
 from ltx_ray.fetch import content_hash, fetch
 from ltx_ray.latents.stages import LARGE_BUFFER_ENV, Encode, decode_stage
 from ltx_ray.errors import DatasetError, Problem
+from ltx_ray.model.files import model_files
 from ltx_ray.ray_cluster import init_ray
 from ltx_ray.storage import is_local, join, local_path, resolve_filesystem, upload
 
@@ -45,13 +46,14 @@ log = logging.getLogger(__name__)
 
 def build_latent_cache(job: JobConfig, store: RunStore | None = None) -> LatentCache:
     """Return the latent cache for this job, building it with Ray Data on a miss (`store`: the run's)."""
-    from ltx_ray.model.loader import checkpoint_identity
+    from ltx_ray.model.loader import model_identity
 
-    store = store or RunStore(job.storage, derive_run_name(job))
+    files = model_files(job.model, job.storage)
+    store = store or RunStore(job.storage, derive_run_name(job, files.generation))
     workdir = tempdirs.make("prep")
     try:
         archive = fetch(job.request.training_data_url, workdir, storage=job.storage)
-        key = cache_key(job, content_hash(archive), checkpoint_identity(job.model.checkpoint))
+        key = cache_key(job, content_hash(archive), model_identity(files))
         cached = find_cache(store, key)
         if cached is None:
             with latent_cache.building(store, key) as cached:
@@ -126,7 +128,8 @@ def _run_pipeline(job: JobConfig, store: RunStore, key: str, rows: list[dict], r
     ds = decode_stage(job, rows, debug_uri=join(uri, writer, "debug"))
     ds = ds.map_batches(
         Encode,
-        fn_constructor_kwargs={"model_cfg": job.model, "use_gpu": c.use_gpu, "precision": c.precision},
+        fn_constructor_kwargs={"files": model_files(job.model, job.storage), "use_gpu": c.use_gpu,
+                               "precision": c.precision},
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=c.encode_actors),
         num_gpus=1 if c.use_gpu else 0,
@@ -150,8 +153,9 @@ def _run_pipeline(job: JobConfig, store: RunStore, key: str, rows: list[dict], r
 
 def run_preprocess(job: JobConfig) -> LatentCache:
     """`ltx-ray preprocess`: build (or find) the latent cache and print where it is."""
+    # The model's files are checked before Ray starts: a mismatched set is refused at once.
+    store = RunStore(job.storage, derive_run_name(job, model_files(job.model, job.storage).generation))
     init_ray(job)
-    store = RunStore(job.storage, derive_run_name(job))
     with lease.hold(store):
         cache = build_latent_cache(job, store)
     r = cache.report

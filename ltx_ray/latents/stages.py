@@ -174,7 +174,8 @@ def _peak_rss_mb() -> float:
 class Encode:
     """Ray Data actor stage: load the VAE encoders and the text encoder once, encode each pair."""
 
-    def __init__(self, model_cfg, use_gpu: bool, precision: str):
+    def __init__(self, files, use_gpu: bool, precision: str):
+        """`files`: the job's `ltx_ray.model.files.ModelFiles`."""
         import torch
 
         from ltx_ray.model.av2av import precision_dtype
@@ -183,10 +184,9 @@ class Encode:
         self.device = torch.device("cuda" if use_gpu else "cpu")
         torch.set_num_threads(1)  # one CPU per actor (`ltx_ray.latents.pipeline`)
         self.dtype = precision_dtype(precision)
-        checkpoint = model_cfg.checkpoint
-        self.video_encoder = load_video_encoder(checkpoint, dtype=self.dtype, device=self.device)
-        self.audio_encoder = load_audio_encoder(checkpoint, dtype=self.dtype, device=self.device)
-        self.text_encoder = load_text_encoder(model_cfg.text_encoder, checkpoint, dtype=self.dtype, device=self.device)
+        self.video_encoder = load_video_encoder(files.video_vae, dtype=self.dtype, device=self.device)
+        self.audio_encoder = load_audio_encoder(files.audio_vae, dtype=self.dtype, device=self.device)
+        self.text_encoder = load_text_encoder(files, dtype=self.dtype, device=self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         latents, seconds = [], []

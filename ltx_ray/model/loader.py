@@ -84,6 +84,21 @@ def checkpoint_identity(checkpoint: str | Path) -> str:
         return _header_digest(f, str(path), path.stat().st_size)
 
 
+def model_identity(files) -> str:
+    """What latents and validation encodings depend on, for cache keys: the model's files and their generation.
+
+    LTX-2.3: the single file's `checkpoint_identity` (as before 2.5, so existing caches stay valid). LTX-2.5:
+    its `model_version` and the identity of each component file whose weights encode (the transformer's
+    connectors, the VAEs, the packed Gemma-4 with its projection).
+    """
+    if files.generation == "2.3":
+        return checkpoint_identity(files.transformer)
+    parts = [files.generation, files.model_version]
+    for uri in dict.fromkeys((files.transformer, files.video_vae, files.audio_vae, files.text_projection)):
+        parts.append(checkpoint_identity(uri))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
 def _header_digest(f, name: str, size: int) -> str:
     raw = f.read(8)
     if len(raw) != 8:
@@ -223,46 +238,63 @@ def load_vocoder(checkpoint: str | Path, *, dtype: torch.dtype = torch.float32, 
 
 
 class TextEncoder(torch.nn.Module):
-    """Gemma-3 (ltx-core's `GemmaTextEncoder`) plus ltx-core's feature extractor and embedding connectors."""
+    """Gemma (ltx-core's `GemmaTextEncoder` for Gemma-3, `gemma4.Gemma4Encoder` for Gemma-4) plus ltx-core's
+    feature extractor and embedding connectors."""
 
     def __init__(self, gemma, embeddings):
-        """Hold `gemma` (`GemmaTextEncoder`) and `embeddings` (`EmbeddingsProcessor`) as submodules."""
+        """Hold `gemma` (its `encode(caption)` gives every hidden state and the mask) and `embeddings`
+        (`EmbeddingsProcessor`) as submodules."""
         super().__init__()
         self.gemma = gemma
         self.embeddings = embeddings
 
 
 def load_text_encoder(
-    text_encoder_dir: str | Path,
-    checkpoint: str | Path,
+    files,
     *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     max_length: int = 1024,
 ) -> TextEncoder:
-    """Gemma-3 from `text_encoder_dir` and the connectors' weights from `checkpoint`, on `device`.
+    """The text encoder of a model's files (`ltx_ray.model.files.ModelFiles`) on `device`.
 
-    ltx-core's `GemmaTextEncoderConfigurator` hard-codes the 12B Gemma sizes, so
-    the Gemma sizes come from the directory's own `config.json` instead (for the
-    real model they are the same numbers). `max_length` is the padded token
-    count per caption (a multiple of 128, the connectors' register count).
+    LTX-2.3: Gemma-3 from its directory, the feature projection and connectors from the single
+    checkpoint. LTX-2.5: Gemma-4 and the feature projection from the packed file (`ltx_ray.model.gemma4`),
+    the connectors from the transformer file. ltx-core's `GemmaTextEncoderConfigurator` hard-codes the 12B
+    Gemma sizes, so the sizes come from Gemma's own config instead (for the real models, the same numbers).
+    `max_length` is the padded token count per caption (a multiple of 128, the connectors' register count).
     """
-    from ltx_core.loader import SingleGPUModelBuilder
-    from ltx_core.text_encoders.gemma import EMBEDDINGS_PROCESSOR_KEY_OPS, GemmaTextEncoder
-    from ltx_core.text_encoders.gemma.tokenizer import LTXVGemmaTokenizer
-    from transformers import AutoConfig, Gemma3ForCausalLM, Gemma3ForConditionalGeneration
-
     if max_length % 128:
         raise ModelError(Problem("max_length", f"{max_length} is not a multiple of 128 (the connectors' registers)"))
     # Check the small file first: loading a 12B Gemma only to fail on the checkpoint wastes minutes.
-    path = _check_checkpoint(checkpoint, "transformer")
+    path = _check_checkpoint(files.transformer, "transformer")
+    device = torch.device(device)
+    if files.generation == "2.5":
+        from ltx_ray.model.gemma4 import load_gemma4, read_gemma_config, text_sizes
+
+        directory = resolve_model_path(files.text_encoder)
+        hidden, layers = text_sizes(read_gemma_config(directory))
+        gemma = load_gemma4(directory, dtype=dtype, device=device, max_length=max_length)
+        projection = directory
+    else:
+        gemma, hidden, layers = _load_gemma3(files.text_encoder, dtype, device, max_length)
+        projection = path
+    embeddings = _load_embeddings(read_checkpoint_config(path), hidden, layers, (path, projection), dtype, device)
+    return TextEncoder(gemma, embeddings).eval()
+
+
+def _load_gemma3(text_encoder_dir, dtype: torch.dtype, device: torch.device, max_length: int):
+    """ltx-core's `GemmaTextEncoder` on a Gemma-3 directory, and its text sizes (hidden, layers)."""
+    from ltx_core.text_encoders.gemma import GemmaTextEncoder
+    from ltx_core.text_encoders.gemma.tokenizer import LTXVGemmaTokenizer
+    from transformers import AutoConfig, Gemma3ForCausalLM, Gemma3ForConditionalGeneration
+
     directory = resolve_model_path(text_encoder_dir)
     if not (directory / "config.json").is_file():
         raise ModelError(Problem(str(directory), "not a Gemma-3 directory (no config.json)"))
     config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
     text_config = getattr(config, "text_config", config)
     model_class = Gemma3ForConditionalGeneration if config.model_type == "gemma3" else Gemma3ForCausalLM
-    device = torch.device(device)
     try:
         # transformers builds on the meta device and assigns the weights (no double allocation).
         gemma = model_class.from_pretrained(
@@ -272,20 +304,36 @@ def load_text_encoder(
         tokenizer = LTXVGemmaTokenizer(str(directory), max_length)
     except (OSError, ValueError) as exc:
         raise ModelError(Problem(str(directory), f"cannot load Gemma-3: {exc}")) from None
-    gemma = GemmaTextEncoder(model=gemma.eval(), tokenizer=tokenizer, dtype=dtype)
+    encoder = GemmaTextEncoder(model=gemma.eval(), tokenizer=tokenizer, dtype=dtype)
+    return encoder, text_config.hidden_size, text_config.num_hidden_layers
 
-    hidden, layers = text_config.hidden_size, text_config.num_hidden_layers
 
-    class _Configurator:
-        @classmethod
-        def from_config(cls, model_config: dict):
-            """The embeddings processor for this checkpoint config and this Gemma."""
-            return build_embeddings_processor(model_config, hidden, layers)
+def _load_embeddings(model_config: dict, hidden: int, layers: int, sources: tuple, dtype: torch.dtype,
+                     device: torch.device):
+    """The feature extractor and connectors, their weights from `sources` (the transformer file, and the file or
+    directory holding `text_embedding_projection.*`) under ltx-core's `EMBEDDINGS_PROCESSOR_KEY_OPS`."""
+    from ltx_core.text_encoders.gemma import EMBEDDINGS_PROCESSOR_KEY_OPS as sd_ops
 
-    builder = SingleGPUModelBuilder(model_class_configurator=_Configurator, model_path=str(path),
-                                    model_sd_ops=EMBEDDINGS_PROCESSOR_KEY_OPS)
-    embeddings = _build_with(builder, path, dtype, device, "text embeddings (feature extractor and connectors)")
-    return TextEncoder(gemma, embeddings).eval()
+    with torch.device("meta"):
+        embeddings = build_embeddings_processor(model_config, hidden, layers)
+    expected = set(embeddings.state_dict())
+    state: dict[str, torch.Tensor] = {}
+    for source in dict.fromkeys(sources):
+        source = Path(source)
+        for file in sorted(source.glob("*.safetensors")) if source.is_dir() else [source]:
+            with _open(file) as f:
+                for key in f.keys():
+                    renamed = sd_ops.apply_to_key(key)
+                    if renamed is None:
+                        continue
+                    for item in sd_ops.apply_to_key_value(renamed, f.get_tensor(key)):
+                        if item.new_key in expected:
+                            state[item.new_key] = item.new_value.to(device=device, dtype=dtype)
+    raise_if_missing(Path(sources[0]), "text embeddings (feature extractor and connectors)", expected - set(state))
+    embeddings.load_state_dict(state, strict=True, assign=True)
+    log.info("loaded text embeddings from %s (%d tensors, %s on %s)",
+             ", ".join(Path(s).name for s in dict.fromkeys(sources)), len(state), dtype, device)
+    return embeddings.eval()
 
 
 def build_embeddings_processor(model_config: dict, gemma_hidden: int, gemma_layers: int):
@@ -303,18 +351,26 @@ def build_embeddings_processor(model_config: dict, gemma_hidden: int, gemma_laye
 
     t = model_config.get("transformer", {})
     if not t.get("caption_proj_before_connector", False):
-        raise ModelError(Problem("config.transformer", "only LTX-2.3 checkpoints (caption_proj_before_connector) are supported"))
+        raise ModelError(Problem("config.transformer", "only LTX-2.3 and LTX-2.5 checkpoints (caption_proj_before_connector) "
+                                                       "are supported"))
     flat = gemma_hidden * (gemma_layers + 1)  # every hidden state, the embedding layer included
     video_dim = t["num_attention_heads"] * t["attention_head_dim"]
     audio_dim = t["audio_num_attention_heads"] * t["audio_attention_head_dim"]
+    video_connector = Embeddings1DConnectorConfigurator.from_config(model_config)
+    audio_connector = AudioEmbeddings1DConnectorConfigurator.from_config(model_config)
+    if not t.get("connector_ff_bias", True):  # ltx-core 1.2.0's connector flag (embeddings_connector.py)
+        from ltx_ray.model.transformer import drop_feed_forward_biases
+
+        for connector in (video_connector, audio_connector):
+            drop_feed_forward_biases(block.ff for block in connector.transformer_1d_blocks)
     return EmbeddingsProcessor(
         feature_extractor=FeatureExtractorV2(
             video_aggregate_embed=torch.nn.Linear(flat, video_dim, bias=True),
             embedding_dim=gemma_hidden,
             audio_aggregate_embed=torch.nn.Linear(flat, audio_dim, bias=True),
         ),
-        video_connector=Embeddings1DConnectorConfigurator.from_config(model_config),
-        audio_connector=AudioEmbeddings1DConnectorConfigurator.from_config(model_config),
+        video_connector=video_connector,
+        audio_connector=audio_connector,
     )
 
 

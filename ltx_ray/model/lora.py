@@ -144,16 +144,23 @@ class LoraMetadata:
     reference_downscale_factor: int
     reference_temporal_scale_factor: int
     base_model: str
+    base_model_version: str = "2.3"  # the generation, "2.3" or "2.5" (`ltx_ray.model.files`)
+    base_model_model_version: str = ""  # the transformer file's own `model_version`, when it states one
+    text_encoder: str = "gemma-3"  # "gemma-3", or the packed Gemma-4's `gemma_version`
     ltx_ray_version: str = __version__
 
     @classmethod
     def from_job(cls, job: JobConfig) -> "LoraMetadata":
         """The metadata of the LoRA this job trains."""
+        from ltx_ray.model.files import model_files
+
         r = job.request
+        files = model_files(job.model, job.storage)
         return cls(rank=r.rank, trigger_phrase=r.trigger_phrase,
                    reference_downscale_factor=r.reference_downscale_factor,
                    reference_temporal_scale_factor=r.reference_temporal_scale_factor,
-                   base_model=base_model_name(job))
+                   base_model=base_model_name(job), base_model_version=files.generation,
+                   base_model_model_version=files.model_version, text_encoder=files.text_encoder_version)
 
     def strings(self) -> dict[str, str]:
         """The file's metadata: `training_type`, `rank`, `alpha` (= rank) and every field, as strings."""
@@ -161,7 +168,9 @@ class LoraMetadata:
                 "trigger_phrase": self.trigger_phrase,
                 "reference_downscale_factor": str(self.reference_downscale_factor),
                 "reference_temporal_scale_factor": str(self.reference_temporal_scale_factor),
-                "base_model": self.base_model, "ltx_ray_version": self.ltx_ray_version}
+                "base_model": self.base_model, "base_model_version": self.base_model_version,
+                "base_model_model_version": self.base_model_model_version, "text_encoder": self.text_encoder,
+                "ltx_ray_version": self.ltx_ray_version}
 
 
 def export_lora(state_dict: Mapping[str, torch.Tensor], path: str | Path, metadata: LoraMetadata) -> Path:
@@ -201,8 +210,12 @@ class IcLoraFile:
         return ReferenceScaling.from_lora_metadata(self.metadata, frame_rate=frame_rate, name=str(self.path))
 
 
-def check_ic_lora(path: str | Path, checkpoint: str | Path) -> IcLoraFile:
-    """Refuse, naming the file, a LoRA that is not an av2av IC-LoRA or whose layers the checkpoint lacks.
+def check_ic_lora(path: str | Path, files) -> IcLoraFile:
+    """Refuse, naming the file, a LoRA that is not an av2av IC-LoRA, was trained on another LTX generation
+    than `files` (`ltx_ray.model.files.ModelFiles`), or adapts layers the transformer lacks.
+
+    The generation is the LoRA's `base_model_version` (ours); a file without one (the official trainer's,
+    or ours before 2.5) is checked by its layers' shapes only.
 
     Reads only the LoRA's header and the transformer's shapes (built on the meta
     device): no weights are loaded. The reference factors come from the metadata,
@@ -218,6 +231,11 @@ def check_ic_lora(path: str | Path, checkpoint: str | Path) -> IcLoraFile:
     kind = meta.get("training_type")
     if kind is not None and kind != TRAINING_TYPE:
         raise ModelError(Problem(name, f"is a {kind!r} LoRA, not an av2av IC-LoRA ({TRAINING_TYPE})"))
+    trained_on = meta.get("base_model_version")
+    if trained_on is not None and trained_on != files.generation:
+        raise ModelError(Problem(name, f"was trained on LTX-{trained_on} ({meta.get('base_model', '?')}); "
+                                       f"model.checkpoint {Path(files.transformer).name} is {files.label}"))
+    checkpoint = files.transformer
     with safe_open(name, framework="pt") as f:
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     layers: dict[str, dict[str, tuple[int, ...]]] = {}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -324,3 +325,97 @@ def _write_tiny_gemma(gemma_dir: Path) -> tuple[int, int]:
     model = Gemma3ForConditionalGeneration(config)
     model.save_pretrained(str(gemma_dir), safe_serialization=True)
     return _GEMMA_TEXT["hidden_size"], _GEMMA_TEXT["num_hidden_layers"]
+
+
+# --- LTX-2.5 ---------------------------------------------------------------------------------------
+
+# What makes a 2.5 transformer (ltx-core 1.2.0, model_configurator.py): a bias-free video feed-forward and the
+# learned keyframe marker. The official source states ff_bias=false for 2.5; the keyframe embedding is what the
+# 2.5 pipelines' keyframe features need. Everything else is 2.3's.
+LTX25_TRANSFORMER_FLAGS = {"ff_bias": False, "use_keyframes_abs_pos_embedding": True}
+GEMMA4_VERSION = "gemma4-12b-ltx-v1"
+LTX25_MODEL_VERSION = "2.5.0-tiny"
+
+
+@dataclass(frozen=True)
+class Ltx25Files:
+    """The tiny LTX-2.5 bundle: one file per component, as Lightricks publishes LTX-2.5."""
+
+    transformer: Path  # config {transformer, scheduler}, model.diffusion_model.* (with the text connectors)
+    video_vae: Path  # config {vae}, vae.*
+    audio_vae: Path  # config {audio_vae, vocoder}, audio_vae.* and vocoder.*
+    text_encoder: Path  # a packed Gemma-4 with text_embedding_projection.*
+
+
+# A tiny gemma4_unified: 3 layers (2 sliding with head_dim 16, 1 full-attention with the wider global_head_dim 32
+# and proportional RoPE), as Gemma-4 12B mixes them; tiny vision and audio towers (unused by LTX, but in the file).
+_GEMMA4_TEXT = {
+    "model_type": "gemma4_unified_text", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
+    "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16, "global_head_dim": 32,
+    "layer_types": ["sliding_attention", "sliding_attention", "full_attention"], "sliding_window": 32,
+    "max_position_embeddings": 4096,
+    "rope_parameters": {
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1000000.0},
+    },
+    "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6, "pad_token_id": 0, "eos_token_id": 1,
+    "bos_token_id": 2, "tie_word_embeddings": True, "use_bidirectional_attention": "vision",
+    "attention_k_eq_v": False, "num_kv_shared_layers": 0,
+}
+
+
+def write_tiny_bundle_25(out_dir: str | Path, seed: int = 0) -> Ltx25Files:
+    """Write the tiny LTX-2.5 bundle's four files into `out_dir` (a few seconds on a CPU)."""
+    config = {**TINY_CONFIG, "transformer": {**TINY_CONFIG["transformer"], **LTX25_TRANSFORMER_FLAGS}}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = Ltx25Files(out / "ltx-2.5-tiny-transformer.safetensors", out / "ltx-2.5-tiny-video-vae.safetensors",
+                       out / "ltx-2.5-tiny-audio-vae.safetensors", out / "gemma4-tiny-with-proj-ltx-2.5.safetensors")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gemma, tokenizer_json, side_files = _tiny_gemma4()
+        state = _tiny_checkpoint_state(config, _GEMMA4_TEXT["hidden_size"], _GEMMA4_TEXT["num_hidden_layers"])
+    bf16 = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in state.items()}
+
+    def part(*prefixes: str) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in bf16.items() if k.startswith(prefixes)}
+
+    version = {"model_version": LTX25_MODEL_VERSION}
+    save_file(part("model.diffusion_model."), str(files.transformer), {
+        "config": json.dumps({"transformer": config["transformer"], "scheduler": config["scheduler"]}), **version,
+        "gemma_source_checkpoint": json.dumps({"gemma_version": GEMMA4_VERSION})})
+    save_file(part("vae."), str(files.video_vae), {"config": json.dumps({"vae": config["vae"]}), **version})
+    save_file(part("audio_vae.", "vocoder."), str(files.audio_vae),
+              {"config": json.dumps({"audio_vae": config["audio_vae"], "vocoder": config["vocoder"]}), **version})
+    from ltx_ray.model.gemma4 import PROJECTION_PREFIX, pack_gemma4
+
+    projection = {k.removeprefix(PROJECTION_PREFIX): v for k, v in part(PROJECTION_PREFIX).items()}
+    pack_gemma4(gemma.to(torch.bfloat16), tokenizer_json, side_files, projection, files.text_encoder)
+    return files
+
+
+def _tiny_gemma4():
+    """A tiny random Gemma-4 (`Gemma4UnifiedForConditionalGeneration`), its tokenizer.json bytes and side files."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoModelForImageTextToText
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(_WORDS)))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()  # no post-processor: like Gemma-4's, it adds no BOS
+    config = CONFIG_MAPPING["gemma4_unified"].from_dict({
+        "architectures": ["Gemma4UnifiedForConditionalGeneration"], "model_type": "gemma4_unified",
+        "gemma_version": GEMMA4_VERSION, "tie_word_embeddings": True,
+        "text_config": {**_GEMMA4_TEXT, "vocab_size": len(vocab)},
+        "vision_config": {"model_type": "gemma4_unified_vision", "patch_size": 2, "pooling_kernel_size": 2,
+                          "mm_embed_dim": 24, "mm_posemb_size": 8, "output_proj_dims": 24},
+        "audio_config": {"model_type": "gemma4_unified_audio", "audio_embed_dim": 16},
+    })
+    model = AutoModelForImageTextToText.from_config(config).eval()
+    side_files = {
+        "tokenizer_config.json": json.dumps({"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
+                                             "unk_token": "<unk>", "padding_side": "left"}).encode(),
+        "processor_config.json": json.dumps({"processor_class": "Gemma4UnifiedProcessor"}).encode(),
+    }
+    return model, backend.to_str().encode(), side_files

@@ -37,7 +37,7 @@ from ltx_core.model.transformer.modality import Modality
 
 from ltx_ray.errors import ModelError, Problem
 
-__all__ = ["KeyframedModality", "TransformerConfigurator", "follow_current_ltx_core"]
+__all__ = ["KeyframedModality", "TransformerConfigurator", "drop_feed_forward_biases", "follow_current_ltx_core"]
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,9 @@ class TransformerConfigurator:
 def follow_current_ltx_core(model: torch.nn.Module, flags: dict[str, Any]) -> torch.nn.Module:
     """Bring a freshly built 1.0.0 `LTXModel` to the 1.2.0 forward for the config `flags`; returns it."""
     if not flags.get("ff_bias", True):
-        _drop_biases(block.ff for block in model.transformer_blocks)
+        drop_feed_forward_biases(block.ff for block in model.transformer_blocks)
     if not flags.get("audio_ff_bias", True):
-        _drop_biases(block.audio_ff for block in model.transformer_blocks)
+        drop_feed_forward_biases(block.audio_ff for block in model.transformer_blocks)
     if flags.get("use_keyframes_abs_pos_embedding", False):
         # Zeros until loaded, as officially (a no-op on a checkpoint that has no trained vector).
         model.keyframes_abs_pos_embedding = torch.nn.Parameter(torch.zeros(1, model.inner_dim))
@@ -76,8 +76,8 @@ def follow_current_ltx_core(model: torch.nn.Module, flags: dict[str, Any]) -> to
     return model
 
 
-def _drop_biases(feed_forwards) -> None:
-    """A feed-forward's two Linear layers without their biases (`FeedForward(bias=False)`)."""
+def drop_feed_forward_biases(feed_forwards) -> None:
+    """Each feed-forward's two Linear layers without their biases (1.2.0's `FeedForward(bias=False)`)."""
     for ff in feed_forwards:
         for layer in (ff.net[0].proj, ff.net[2]):
             layer.register_parameter("bias", None)

@@ -43,12 +43,13 @@ class ConditioningEncoder:
     """
 
     def __init__(self, job: JobConfig, device: torch.device):
+        from ltx_ray.model.files import model_files
         from ltx_ray.model.loader import load_audio_encoder, load_text_encoder, load_video_encoder
 
-        checkpoint, dtype = job.model.checkpoint, precision_dtype(job.cluster.precision)
-        self.video = load_video_encoder(checkpoint, dtype=dtype, device=device)
-        self.audio = load_audio_encoder(checkpoint, dtype=dtype, device=device)
-        self.text = load_text_encoder(job.model.text_encoder, checkpoint, dtype=dtype, device=device)
+        files, dtype = model_files(job.model, job.storage), precision_dtype(job.cluster.precision)
+        self.video = load_video_encoder(files.video_vae, dtype=dtype, device=device)
+        self.audio = load_audio_encoder(files.audio_vae, dtype=dtype, device=device)
+        self.text = load_text_encoder(files, dtype=dtype, device=device)
         self._prompts: dict[str, object] = {}  # the negative prompt is shared by every sample: encoded once
 
     def __enter__(self) -> "ConditioningEncoder":

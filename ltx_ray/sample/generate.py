@@ -50,13 +50,15 @@ class GenerateRequest:
 
 def generate(job: JobConfig, req: GenerateRequest) -> str:
     """Generate one clip (video + audio) from `req.reference_video` with the LoRA; returns the mp4's path or URI."""
+    from ltx_ray.model.files import model_files
     from ltx_ray.model.lora import check_ic_lora
 
     r = job.request
     tmp = tempdirs.make("generate")
     try:
         # Every refusal comes before any model is loaded.
-        lora = check_ic_lora(fetch(req.lora, tmp, storage=job.storage), job.model.checkpoint)
+        files = model_files(job.model, job.storage)
+        lora = check_ic_lora(fetch(req.lora, tmp, storage=job.storage), files)
         scaling = lora.scaling(frame_rate=r.validation_frame_rate)
         _check_scaling(job, req.lora, scaling)
         scaled, shown = prepare_reference(job, req, scaling, tmp)
@@ -87,7 +89,7 @@ def generate(job: JobConfig, req: GenerateRequest) -> str:
         local = local_path(req.out) if is_local(req.out) else tmp / Path(req.out).name
         # The transformer's memory goes back to CUDA before the decoders load.
         release_cached_memory(device)
-        ClipRenderer(job.model.checkpoint, r.validation_frame_rate, device, dtype).write(
+        ClipRenderer(files, r.validation_frame_rate, device, dtype).write(
             local, [(video_lat, audio_lat)], [shown])
         out = str(local) if is_local(req.out) else upload(local, req.out, job.storage)
         log.info("wrote %s in %.0f s", out, time.perf_counter() - started)

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from ltx_ray.config.resolution import bucket_size
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.model.av2av import AUDIO_LATENTS_PER_SECOND, SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, ReferenceScaling
+from ltx_ray.model.files import model_files
 from ltx_ray.model.ltx23 import LTX23_22B_CONFIG
 from ltx_ray.sample.conditioning import load_validation_set
 from ltx_ray.sample.render import ClipRenderer
@@ -83,7 +84,7 @@ class Previewer:
                 module.training = training
 
     def _write(self, latents, step: int, out_dir: Path) -> Path:
-        renderer = ClipRenderer(self.job.model.checkpoint, self.job.request.validation_frame_rate, self.device,
+        renderer = ClipRenderer(model_files(self.job.model, self.job.storage), self.job.request.validation_frame_rate, self.device,
                                 self.dtype)
         path = out_dir / f"validation_step_{step:06d}.mp4"
         return renderer.write(path, latents, [shown.numpy() for _, _, shown in self.samples])

@@ -18,16 +18,17 @@ from ltx_ray.model.vae import latents_to_audio, latents_to_video
 
 
 class ClipRenderer:
-    """Writes generated clips as one mp4 at `frame_rate`, decoded by `checkpoint`'s decoders on `device` in `dtype`."""
+    """Writes generated clips as one mp4 at `frame_rate`, decoded by the model's decoders (`files`, a `ModelFiles`)
+    on `device` in `dtype`."""
 
-    def __init__(self, checkpoint: str, frame_rate: float, device: torch.device, dtype: torch.dtype):
-        self.checkpoint, self.frame_rate, self.device, self.dtype = checkpoint, float(frame_rate), device, dtype
+    def __init__(self, files, frame_rate: float, device: torch.device, dtype: torch.dtype):
+        self.files, self.frame_rate, self.device, self.dtype = files, float(frame_rate), device, dtype
 
     def write(self, path: Path, latents: list[tuple[torch.Tensor, torch.Tensor]],
               references: list[np.ndarray | None] | None = None) -> Path:
         """Decode every clip's (video, audio) latents and write them to `path`, each beside its reference
         frames (uint8 `[F, H, W, 3]`, at the generated clip's height) when `references` gives one."""
-        decoded, sample_rate = decode_clips(self.checkpoint, latents, self.device, self.dtype)
+        decoded, sample_rate = decode_clips(self.files, latents, self.device, self.dtype)
         references = references if references is not None else [None] * len(decoded)
         clips = [(reference, frames, waveform) for (frames, waveform), reference in zip(decoded, references)]
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,22 +61,23 @@ def fit_audio_length(audio: np.ndarray, samples: int) -> np.ndarray:
     return np.pad(audio, ((0, 0), (0, samples - audio.shape[1])))
 
 
-def decode_clips(checkpoint: str, latents: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+def decode_clips(files, latents: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
                  dtype: torch.dtype) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
     """(frames uint8 `[F, H, W, 3]`, stereo waveform `[2, S]`) of each clip's latents, and the waveforms' rate.
 
     On a training GPU the decoders share the memory with the model: the video decoder is loaded,
     decodes every clip tile by tile (`latents_to_video`), and is freed before the audio decoder and
-    vocoder are loaded; those are freed before returning, and on CUDA the cache goes back too.
+    vocoder are loaded; those are freed before returning, and on CUDA the cache goes back too. `files`
+    (`ltx_ray.model.files.ModelFiles`) names the video VAE's and the audio VAE's files.
     """
     from ltx_ray.model.loader import load_audio_decoder, load_video_decoder, load_vocoder
 
-    video_decoder = load_video_decoder(checkpoint, dtype=dtype, device=device)
+    video_decoder = load_video_decoder(files.video_vae, dtype=dtype, device=device)
     frames = [latents_to_video(video_decoder, video)[0].cpu().numpy() for video, _ in latents]
     del video_decoder
     release_cached_memory(device)
-    audio_decoder = load_audio_decoder(checkpoint, dtype=dtype, device=device)
-    vocoder = load_vocoder(checkpoint, dtype=torch.float32, device=device)
+    audio_decoder = load_audio_decoder(files.audio_vae, dtype=dtype, device=device)
+    vocoder = load_vocoder(files.audio_vae, dtype=torch.float32, device=device)
     waveforms, sample_rate = [], AUDIO_SAMPLE_RATE
     for _, audio in latents:
         waveform, sample_rate = latents_to_audio(audio_decoder, vocoder, audio)

@@ -56,6 +56,7 @@ from ltx_ray.model.tokens import (
     unpatchify_audio,
     unpatchify_video,
 )
+from ltx_ray.model.transformer import KeyframedModality
 
 if TYPE_CHECKING:
     from ltx_ray.config.schema import JobConfig, RequestConfig
@@ -290,6 +291,12 @@ class _Denoising:
             "negative": (cond.negative_video_context, cond.negative_audio_context, cond.negative_context_mask),
         }
         self.perturbations = _perturbations(settings.guidance)
+        # LTX-2.5's keyframe marker, as official inference sets it (ltx-core 1.2.0 `VideoLatentTools.
+        # create_initial_state`): on the target's first latent frame; reference tokens are never marked.
+        self.keyframes = None
+        if any(name.endswith("keyframes_abs_pos_embedding") for name, _ in model.named_parameters()):
+            self.keyframes = torch.zeros(1, n_ref_v + n_video, 1, device=device, dtype=dtype)
+            self.keyframes[:, n_ref_v:n_ref_v + shape.height * shape.width] = 1
 
     @property
     def x0_shapes(self) -> tuple[torch.Size, torch.Size]:
@@ -308,6 +315,8 @@ class _Denoising:
         sig = sigma.reshape(1).expand(k)
         v_mod = reference_conditioned_modality(self.ref_v.expand(k, -1, -1), self.x_v.expand(k, -1, -1),
                                                self.v_pos.expand(k, *self.v_pos.shape[1:]), sig, ctx_v, mask)
+        if self.keyframes is not None:
+            v_mod = KeyframedModality(**vars(v_mod), keyframes_mask=self.keyframes.expand(k, -1, -1))
         a_mod = reference_conditioned_modality(self.ref_a.expand(k, -1, -1), self.x_a.expand(k, -1, -1),
                                                self.a_pos.expand(k, *self.a_pos.shape[1:]), sig, ctx_a, mask)
         vel_v, vel_a = model(video=v_mod, audio=a_mod,

@@ -54,10 +54,12 @@ def prepare_validation(job: JobConfig, store: RunStore) -> str | None:
     """Encode the validation samples once (a Ray task, on a GPU when the cluster has them); returns its URI."""
     if not job.request.validation:
         return None
-    from ltx_ray.model.loader import checkpoint_identity
+    from ltx_ray.model.files import model_files
+    from ltx_ray.model.loader import model_identity
     from ltx_ray.sample.conditioning import validation_key
 
-    uri = join(store.validation, validation_key(job, checkpoint_identity(job.model.checkpoint)) + ".safetensors")
+    identity = model_identity(model_files(job.model, job.storage))
+    uri = join(store.validation, validation_key(job, identity) + ".safetensors")
     if not store.is_file(uri):
         options = {"num_gpus": 1} if job.cluster.use_gpu else {"num_cpus": 1}
         ray.get(_build_validation_task.options(**options).remote(job, uri))
@@ -92,7 +94,11 @@ class _Outcome:
 
 def run_training(job: JobConfig) -> TrainResult:
     """Preprocess (or reuse the cache), then train the LoRA across the Ray cluster."""
-    store = RunStore(job.storage, derive_run_name(job))
+    from ltx_ray.model.files import model_files
+
+    # The model's files are checked first: a mismatched set (a 2.3 VAE with a 2.5 transformer) is refused here.
+    files = model_files(job.model, job.storage)
+    store = RunStore(job.storage, derive_run_name(job, files.generation))
     # Refused inputs fail here, before any cluster time is spent.
     check_validation_inputs(job)
     # A run continues from its newest verified checkpoint: refuse one this version cannot continue, before any work.

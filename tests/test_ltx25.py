@@ -1,0 +1,147 @@
+"""LTX-2.5 beside LTX-2.3: split files, a packed Gemma-4, its version read from the files, a set that does not
+belong together refused, and the job trained, previewed and generated on it (the tiny 2.5 bundle)."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from ltx_ray.cli import main
+from ltx_ray.errors import ModelError
+from ltx_ray.model import loader
+from ltx_ray.model.files import LTX23, LTX25, model_files
+
+
+def _model(bundle, **changes):
+    from ltx_ray.config.schema import ModelConfig
+
+    fields = dict(checkpoint=str(bundle.transformer), video_vae=str(bundle.video_vae), audio_vae=str(bundle.audio_vae),
+                  text_encoder=str(bundle.text_encoder))
+    return ModelConfig(**{**fields, **changes})
+
+
+def test_the_generation_is_read_from_the_files_and_every_25_component_loads(tiny_bundle_25, tiny_bundle):
+    files = tiny_bundle_25.files
+    assert (files.generation, files.model_version, files.text_encoder_version) == (LTX25, "2.5.0-tiny",
+                                                                                  "gemma4-12b-ltx-v1")
+    assert tiny_bundle.files.generation == LTX23
+    transformer = loader.load_transformer(files.transformer)
+    block = transformer.transformer_blocks[0]
+    # ff_bias: false (video feed-forward without biases, audio's keeps them); the learned keyframe marker.
+    assert block.ff.net[0].proj.bias is None and block.ff.net[2].bias is None
+    assert block.audio_ff.net[2].bias is not None
+    assert transformer.keyframes_abs_pos_embedding.shape == (1, transformer.inner_dim)
+    for load in (loader.load_video_encoder, loader.load_video_decoder):
+        load(files.video_vae)
+    for load in (loader.load_audio_encoder, loader.load_audio_decoder, loader.load_vocoder):
+        load(files.audio_vae)
+    text = loader.load_text_encoder(files, max_length=128)
+    assert type(text.gemma.model).__name__ == "Gemma4UnifiedForConditionalGeneration"
+
+
+def test_gemma4_captions_get_a_bos_and_left_padding_and_every_hidden_state(tiny_bundle_25):
+    from ltx_ray.model.vae import encode_text
+
+    text = loader.load_text_encoder(tiny_bundle_25.files, max_length=128)
+    tok = text.gemma.tokenizer
+    ids, mask = text.gemma.token_ids("  a red square  ")
+    assert len(ids) == len(mask) == 128
+    assert sum(mask) == 4 and mask[:124] == [0] * 124  # BOS + 3 words, padded on the left
+    assert ids[124] == tok.bos_token_id and ids[0] == tok.pad_token_id
+    hidden, _ = text.gemma.encode("a red square")
+    assert len(hidden) == text.gemma.model.config.text_config.num_hidden_layers + 1
+    ctx = encode_text(text, ["av_st9le a bright square", "quiet rain"])
+    assert ctx.video_context.shape == (2, 128, 32) and torch.isfinite(ctx.video_context).all()
+
+
+@pytest.mark.parametrize("field, wrong, message", [
+    ("video_vae", "ltx23", "model.video_vae: .* is not an LTX-2.5 file"),
+    ("audio_vae", "", "model.audio_vae: .* published without its VAEs"),
+    ("text_encoder", "gemma3", "model.text_encoder: .* is a Gemma-3 directory"),
+])
+def test_a_set_that_does_not_belong_together_is_refused_naming_the_field(tiny_bundle_25, tiny_bundle, field, wrong,
+                                                                       message):
+    value = {"ltx23": str(tiny_bundle.checkpoint), "gemma3": str(tiny_bundle.gemma_dir), "": ""}[wrong]
+    with pytest.raises(ModelError, match=message):
+        model_files(_model(tiny_bundle_25, **{field: value}))
+
+
+def test_a_gemma4_text_encoder_with_the_23_transformer_is_refused(tiny_bundle, tiny_bundle_25):
+    from ltx_ray.config.schema import ModelConfig
+
+    with pytest.raises(ModelError, match="model.text_encoder: .* is a gemma4 text encoder"):
+        model_files(ModelConfig(checkpoint=str(tiny_bundle.checkpoint), text_encoder=str(tiny_bundle_25.text_encoder)))
+
+
+def test_the_estimate_sizes_25_from_its_headers(tiny_bundle_25):
+    from ltx_ray.config import load_config
+    from ltx_ray.estimate.estimate import as_json, estimate
+    from jobs import ROOT
+
+    job, _ = load_config(ROOT / "conf" / "demo.yaml", ["request.training_data_url=unused.zip",
+                                                        *tiny_bundle_25.overrides], training=False)
+    out = as_json(estimate(job))
+    assert str(tiny_bundle_25.transformer) in out and "gemma_config" in out
+
+
+@pytest.fixture(scope="module")
+def run_25(tmp_path_factory, tiny_bundle, tiny_bundle_25, sample_dataset, ray_cluster):
+    """A 4-step run of the real job on the tiny LTX-2.5 bundle, with a preview at its last step."""
+    from jobs import tiny_job
+    from ltx_ray.train.driver import run_job
+
+    runs = tmp_path_factory.mktemp("runs-25")
+    job = tiny_job(tiny_bundle, sample_dataset, str(runs), "named-below", *tiny_bundle_25.overrides, "checkpoint.every=4",
+                   "storage.run_name=''",  # the derived name, which says the generation
+                   validation=True, steps=4)
+    return job, run_job(job)
+
+
+def test_a_25_run_trains_previews_and_writes_a_lora_that_names_25_and_generate_runs_it(run_25, tiny_bundle_25,
+                                                                                      sample_dataset, tmp_path):
+    from ltx_ray.model.lora import read_lora_metadata
+
+    job, result = run_25
+    assert result["run_name"].startswith("av2av-ltx25-")
+    meta = read_lora_metadata(result["lora_file"])
+    assert (meta["base_model_version"], meta["base_model_model_version"], meta["text_encoder"]) == (
+        LTX25, "2.5.0-tiny", "gemma4-12b-ltx-v1")
+    assert result["video"] and result["video"].endswith(".mp4")  # the preview reel
+    out = tmp_path / "gen.mp4"
+    code = main(["generate", str(_demo()), "--lora", result["lora_file"], "--reference-video",
+                 str(sample_dataset.validation_ref), "--prompt", "av_st9le a square", "--out", str(out),
+                 "request.validation_number_of_frames=9", *tiny_bundle_25.overrides])
+    assert code == 0 and out.stat().st_size > 0
+
+
+def test_a_23_lora_given_to_the_25_model_is_refused_with_exit_2(run_25, reference_run, tiny_bundle_25, tiny_bundle,
+                                                               sample_dataset, tmp_path, capsys):
+    lora_23 = reference_run[1]["lora_file"]
+    code = main(["generate", str(_demo()), "--lora", lora_23, "--reference-video", str(sample_dataset.validation_ref),
+                 "--prompt", "p", "--out", str(tmp_path / "x.mp4"), *tiny_bundle_25.overrides])
+    err = capsys.readouterr().err
+    assert code == 2 and "was trained on LTX-2.3" in err and "is LTX-2.5" in err, err
+    # ... and the other way round.
+    code = main(["generate", str(_demo()), "--lora", run_25[1]["lora_file"], "--reference-video",
+                 str(sample_dataset.validation_ref), "--prompt", "p", "--out", str(tmp_path / "y.mp4"),
+                 f"model.checkpoint={tiny_bundle.checkpoint}", f"model.text_encoder={tiny_bundle.gemma_dir}"])
+    assert code == 2 and "was trained on LTX-2.5" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "y.mp4").exists()
+
+
+def test_the_25_transformer_file_holds_only_its_own_sections(tiny_bundle_25):
+    import json
+
+    with safe_open(str(tiny_bundle_25.transformer), framework="pt") as f:
+        meta, keys = f.metadata(), list(f.keys())
+    assert set(json.loads(meta["config"])) == {"transformer", "scheduler"}
+    assert all(k.startswith("model.diffusion_model.") for k in keys)
+    assert json.loads(meta["gemma_source_checkpoint"]) == {"gemma_version": "gemma4-12b-ltx-v1"}
+    assert replace(tiny_bundle_25.files, generation="2.3").label == "LTX-2.3"
+
+
+def _demo():
+    from jobs import ROOT
+
+    return ROOT / "conf" / "demo.yaml"
