@@ -145,3 +145,33 @@ def _demo():
     from jobs import ROOT
 
     return ROOT / "conf" / "demo.yaml"
+
+
+def test_previews_mark_the_targets_first_latent_frame_and_training_marks_nothing(tiny_bundle_25, tiny_bundle):
+    """LTX-2.5's keyframe marker: set as official inference sets it (the target's first latent frame, reference
+    tokens unmarked), never in training (as the official trainer's FlexibleStrategy); 2.3 has none."""
+    from ltx_core.components.guiders import MultiModalGuiderParams
+
+    from ltx_ray.config.scaling import ReferenceScaling
+    from ltx_ray.model.objective import av2av_inputs
+    from ltx_ray.sample.sampler import Conditioning, Guidance, SamplerSettings, TargetShape, _Denoising
+
+    def denoising(model):
+        params = MultiModalGuiderParams(cfg_scale=1.0)
+        cond = Conditioning(torch.randn(1, 16, 2, 1, 2), torch.randn(1, 2, 5, 16), torch.randn(1, 4, 32),
+                            torch.randn(1, 4, 32), torch.ones(1, 4), torch.randn(1, 4, 32), torch.randn(1, 4, 32),
+                            torch.ones(1, 4))
+        shape = TargetShape(16, frames=3, height=2, width=2, audio_channels=2, audio_frames=5, mel_bins=16)
+        settings = SamplerSettings(ReferenceScaling(), 1, Guidance(params, params))
+        return _Denoising(model, cond, shape, torch.Generator().manual_seed(0), settings)
+
+    state = denoising(loader.load_transformer(tiny_bundle_25.transformer))
+    marked = state.keyframes[0, :, 0].tolist()
+    assert marked == [0.0] * 4 + [1.0] * 4 + [0.0] * 8  # 4 reference tokens (2x1x2), the target's first frame (2x2)
+    assert denoising(loader.load_transformer(tiny_bundle.checkpoint)).keyframes is None
+    batch = {"ref_video": torch.randn(1, 16, 2, 1, 2), "video": torch.randn(1, 16, 3, 2, 2),
+             "ref_audio": torch.randn(1, 2, 5, 16), "audio": torch.randn(1, 2, 5, 16),
+             "video_context": torch.randn(1, 4, 32), "audio_context": torch.randn(1, 4, 32),
+             "context_mask": torch.ones(1, 4)}
+    video, _ = av2av_inputs(batch, torch.Generator().manual_seed(0))
+    assert getattr(video.modality, "keyframes_mask", None) is None

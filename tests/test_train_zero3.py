@@ -69,11 +69,13 @@ def _run_ranks(script: str, *args: str, world: int = 2) -> list[str]:
     return [out for out, _ in outputs]
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_zero3_load_partitions_the_base_in_the_requested_dtype_whatever_the_cpu(tiny_bundle, precision):
+@pytest.mark.parametrize("generation, precision", [("2.3", "fp32"), ("2.3", "bf16"), ("2.5", "bf16")])
+def test_zero3_load_partitions_the_base_in_the_requested_dtype_whatever_the_cpu(tiny_bundle, tiny_bundle_25,
+                                                                                generation, precision):
     """Two ranks, the job's own DeepSpeed config: every parameter and shard is in the job's precision
     (whatever the accelerator says of fp16), no parameter is ever whole on a rank, each rank holds its
-    1/world slice, and gathered they are the weights."""
+    1/world slice, and gathered they are the weights. LTX-2.5's transformer too: its keyframe marker is
+    partitioned like every weight, and its video feed-forward has no biases to hold."""
     import re
 
     from ltx_ray.config import load_config
@@ -82,7 +84,8 @@ def test_zero3_load_partitions_the_base_in_the_requested_dtype_whatever_the_cpu(
     job, _ = load_config(Path(__file__).resolve().parents[1] / "conf" / "demo.yaml",
                          ["cluster.zero_stage=3", f"cluster.precision={precision}"])
     dtype = {"fp32": "float32", "bf16": "bfloat16"}[precision]
-    outputs = _run_ranks(_ZERO3_LOAD, str(tiny_bundle.checkpoint), json.dumps(deepspeed_config(job, 2)), dtype)
+    checkpoint = tiny_bundle.checkpoint if generation == "2.3" else tiny_bundle_25.transformer
+    outputs = _run_ranks(_ZERO3_LOAD, str(checkpoint), json.dumps(deepspeed_config(job, 2)), dtype)
     for out in outputs:
         held = re.findall(rf"fp16 supported (\w+): rank \d holds (\d+) of (\d+) in torch.{dtype}", out)
         assert [answer for answer, _, _ in held] == ["None", "True"], out

@@ -70,7 +70,9 @@ def follow_current_ltx_core(model: torch.nn.Module, flags: dict[str, Any]) -> to
         drop_feed_forward_biases(block.audio_ff for block in model.transformer_blocks)
     if flags.get("use_keyframes_abs_pos_embedding", False):
         # Zeros until loaded, as officially (a no-op on a checkpoint that has no trained vector).
-        model.keyframes_abs_pos_embedding = torch.nn.Parameter(torch.zeros(1, model.inner_dim))
+        like = model.patchify_proj.weight
+        model.keyframes_abs_pos_embedding = torch.nn.Parameter(torch.zeros(1, model.inner_dim, dtype=like.dtype,
+                                                                            device=like.device))
     model.video_args_preprocessor = _CurrentArgs(model.video_args_preprocessor, model, video=True)
     model.audio_args_preprocessor = _CurrentArgs(model.audio_args_preprocessor, model, video=False)
     return model

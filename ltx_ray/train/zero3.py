@@ -58,6 +58,9 @@ def load_transformer_zero3(checkpoint: str | Path, ds_config: dict[str, Any], *,
     deepspeed.init_distributed(dist_backend=dist.get_backend())
     with _no_random_init(), deepspeed.zero.Init(config_dict_or_path=ds_config):  # dtype from the config
         model = transformer_from_config(config)
+    # zero.Init partitions a module's parameters when its own __init__ returns: one added after that (LTX-2.5's
+    # keyframe marker, `ltx_ray.model.transformer`) is partitioned here, as if it had been made in the context.
+    deepspeed.zero.Init(module=model, config_dict_or_path=ds_config)
     params = dict(model.named_parameters())
     if set(params) != set(shapes) or any(True for _ in model.buffers()):
         # Buffers are not partitioned and nothing here would fill them: refuse rather than guess.
