@@ -15,7 +15,7 @@ log = logging.getLogger("ltx_ray")
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ltx-ray",
-        description="Train an LTX-2.3 audio+video IC-LoRA on Ray Train + DeepSpeed.",
+        description="Train an LTX-2.3 or LTX-2.5 audio+video IC-LoRA on Ray Train + DeepSpeed.",
     )
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (
@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
         help="GPU memory per GPU of the config's run (training workers, rank 0's previews, an encoder actor), "
              "estimated on CPU from the real architecture",
         description="The transformer's architecture comes from model.checkpoint's safetensors header (read by "
-                    "range, locally or remotely), or from a built-in copy of the LTX-2.3 22B configuration.",
+                    "range, locally or remotely; LTX-2.5's VAE and Gemma-4 files too), or from a built-in copy of the LTX-2.3 22B "
+                    "configuration.",
     )
     e.add_argument("config", help="YAML config file (e.g. conf/default.yaml)")
     e.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. cluster.zero_stage=3")

@@ -28,8 +28,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "conf" / "default.yaml"))
     p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--ltx25", action="store_true",
+                   help="size LTX-2.5: a header-only transformer file with the 22B's sizes and 2.5's flags "
+                        "(ltx_ray.model.ltx23.LTX25_22B_TRANSFORMER) stands in for the real one")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
+    if a.ltx25:
+        a.overrides = [f"model.checkpoint={_ltx25_stand_in()}", *a.overrides]
 
     from ltx_ray.config.load import load_config
     from ltx_ray.estimate.estimate import GIB, estimate
@@ -82,6 +87,22 @@ def main() -> int:
     print("\n'fits' names the first setting that fits, preferring gradient checkpointing on and ZeRO-2 "
           "(GB = 10^9 bytes, as GPUs are sold).")
     return 0
+
+
+def _ltx25_stand_in() -> Path:
+    """A safetensors file with LTX-2.5's transformer header (config and model_version) and no real weights."""
+    import json
+    import tempfile
+
+    import torch
+    from safetensors.torch import save_file
+
+    from ltx_ray.model.ltx23 import LTX25_22B_TRANSFORMER
+
+    path = Path(tempfile.mkdtemp(prefix="ltx25-header-")) / "ltx-2.5-22b-stand-in.safetensors"
+    save_file({"stand_in": torch.zeros(1)}, str(path), {
+        "config": json.dumps({"transformer": LTX25_22B_TRANSFORMER, "scheduler": {}}), "model_version": "2.5.0"})
+    return path
 
 
 if __name__ == "__main__":

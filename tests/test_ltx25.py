@@ -1,8 +1,6 @@
 """LTX-2.5 beside LTX-2.3: split files, a packed Gemma-4, its version read from the files, a set that does not
 belong together refused, and the job trained, previewed and generated on it (the tiny 2.5 bundle)."""
 
-from dataclasses import replace
-
 import pytest
 import torch
 from safetensors import safe_open
@@ -55,16 +53,89 @@ def test_gemma4_captions_get_a_bos_and_left_padding_and_every_hidden_state(tiny_
     assert ctx.video_context.shape == (2, 128, 32) and torch.isfinite(ctx.video_context).all()
 
 
-@pytest.mark.parametrize("field, wrong, message", [
-    ("video_vae", "ltx23", "model.video_vae: .* is not an LTX-2.5 file"),
-    ("audio_vae", "", "model.audio_vae: .* published without its VAEs"),
-    ("text_encoder", "gemma3", "model.text_encoder: .* is a Gemma-3 directory"),
+def test_the_packed_gemma4_computes_what_the_model_it_was_packed_from_computes(tiny_bundle_25):
+    """Weights mapped back from the flat names, the embedding scale and the per-layer-type rotary frequencies
+    (full-attention layers with the wider global_head_dim) made on load: every hidden state equals the
+    transformers model's the file was written from."""
+    from ltx_ray.model.tiny import _tiny_gemma4
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # as write_tiny_bundle_25(seed=0) draws it, first
+        reference, _, _ = _tiny_gemma4()
+    for param in reference.parameters():  # the file holds bf16 weights (buffers are made on load, in fp32)
+        param.data = param.data.to(torch.bfloat16).to(torch.float32)
+    text = loader.load_text_encoder(tiny_bundle_25.files, max_length=128)
+    ids, mask = text.gemma.token_ids("av_st9le a bright square over a dark street")
+    with torch.no_grad():
+        expected = reference.model(input_ids=torch.tensor([ids]), attention_mask=torch.tensor([mask]),
+                                   output_hidden_states=True).hidden_states
+        got, _ = text.gemma.encode("av_st9le a bright square over a dark street")
+    assert len(got) == len(expected) == 4
+    for mine, theirs in zip(got, expected):
+        torch.testing.assert_close(mine[0, -sum(mask):], theirs[0, -sum(mask):], rtol=0, atol=0)
+
+
+def _resaved(src, dst, config=None, **metadata):
+    """A copy of the safetensors file `src` at `dst` with its metadata changed (a value None drops the key)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(src), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+    if config is not None:
+        meta["config"] = json.dumps(config(json.loads(meta["config"])))
+    meta.update(metadata)
+    save_file(load_file(str(src)), str(dst), {k: v for k, v in meta.items() if v is not None})
+    return dst
+
+
+@pytest.mark.parametrize("case, message", [
+    ("2.3 single file as video_vae", "model.video_vae: .* is not an LTX-2.5 file"),
+    ("no audio_vae", "model.audio_vae: .* published without its VAEs"),
+    ("Gemma-3 directory", "model.text_encoder: .* is a Gemma-3"),
+    ("VAEs swapped", "model.video_vae: .* has no vae config"),
+    ("diffusion-decoder video VAE", "model.video_vae: .* is the diffusion-decoder video VAE"),
+    ("a Gemma-4 without the named gemma_version", "model.text_encoder: .* is Gemma version None"),
+    ("an unreadable transformer with VAE files", "model-missing.safetensors: cannot read the safetensors header"),
 ])
-def test_a_set_that_does_not_belong_together_is_refused_naming_the_field(tiny_bundle_25, tiny_bundle, field, wrong,
-                                                                       message):
-    value = {"ltx23": str(tiny_bundle.checkpoint), "gemma3": str(tiny_bundle.gemma_dir), "": ""}[wrong]
+def test_a_set_that_does_not_belong_together_is_refused_naming_the_field(tiny_bundle_25, tiny_bundle, tmp_path,
+                                                                       case, message):
+    b = tiny_bundle_25
+    changes = {
+        "2.3 single file as video_vae": {"video_vae": str(tiny_bundle.checkpoint)},
+        "no audio_vae": {"audio_vae": ""},
+        "Gemma-3 directory": {"text_encoder": str(tiny_bundle.gemma_dir)},
+        "VAEs swapped": {"video_vae": str(b.audio_vae), "audio_vae": str(b.video_vae)},
+        "diffusion-decoder video VAE": {"video_vae": str(_resaved(
+            b.video_vae, tmp_path / "diffusion-vae.safetensors",
+            config=lambda c: {"vae": {**c["vae"], "_class_name": "CausalDiffusionVAE"}}))},
+        "a Gemma-4 without the named gemma_version": {"text_encoder": str(_resaved(
+            b.text_encoder, tmp_path / "stock-gemma4.safetensors",
+            gemma_config=_without_gemma_version(b.text_encoder)))},
+        "an unreadable transformer with VAE files": {"checkpoint": str(tmp_path / "model-missing.safetensors")},
+    }[case]
     with pytest.raises(ModelError, match=message):
-        model_files(_model(tiny_bundle_25, **{field: value}))
+        model_files(_model(b, **changes))
+
+
+def _without_gemma_version(packed) -> str:
+    import json
+
+    with safe_open(str(packed), framework="pt") as f:
+        config = json.loads(f.metadata()["gemma_config"])
+    config.pop("gemma_version")
+    return json.dumps(config)
+
+
+def test_vae_files_that_state_no_version_are_accepted(tiny_bundle_25, tmp_path):
+    """Whether the published 2.5 VAE files carry a model_version is not known: one without it is taken."""
+    video = _resaved(tiny_bundle_25.video_vae, tmp_path / "video.safetensors", model_version=None)
+    audio = _resaved(tiny_bundle_25.audio_vae, tmp_path / "audio.safetensors", model_version=None)
+    files = model_files(_model(tiny_bundle_25, video_vae=str(video), audio_vae=str(audio)))
+    assert (files.generation, files.video_vae, files.audio_vae) == (LTX25, str(video), str(audio))
+    loader.load_video_encoder(files.video_vae)
+    loader.load_vocoder(files.audio_vae)
 
 
 def test_a_gemma4_text_encoder_with_the_23_transformer_is_refused(tiny_bundle, tiny_bundle_25):
@@ -81,8 +152,20 @@ def test_the_estimate_sizes_25_from_its_headers(tiny_bundle_25):
 
     job, _ = load_config(ROOT / "conf" / "demo.yaml", ["request.training_data_url=unused.zip",
                                                         *tiny_bundle_25.overrides], training=False)
-    out = as_json(estimate(job))
-    assert str(tiny_bundle_25.transformer) in out and "gemma_config" in out
+    est = estimate(job)
+    out = as_json(est)
+    # The architecture is the transformer file's, with the VAE files' own sections (not 2.3's stand-ins), and
+    # the encoder actor holds the packed Gemma-4 the header describes.
+    assert est.architecture == str(tiny_bundle_25.transformer)
+    assert "Gemma-4 sizes from" in out and "gemma_config" in out
+    from ltx_ray.estimate.architecture import architecture_for
+    from ltx_ray.estimate.text_encoder import gemma_config, gemma_parameters
+
+    arch, _ = architecture_for(job)
+    assert arch.config["vae"]["latent_channels"] == 16 and arch.config["audio_vae"]["model"]["params"]["ddconfig"]["ch"] == 32
+    config, _ = gemma_config(str(tiny_bundle_25.text_encoder))
+    loaded = loader.load_text_encoder(tiny_bundle_25.files, max_length=128).gemma.model
+    assert gemma_parameters(config) == sum(p.numel() for p in loaded.parameters())
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +213,7 @@ def test_a_23_lora_given_to_the_25_model_is_refused_with_exit_2(run_25, referenc
     assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "y.mp4").exists()
 
 
-def test_the_25_transformer_file_holds_only_its_own_sections(tiny_bundle_25):
+def test_the_tiny_25_bundle_has_the_published_layout(tiny_bundle_25):
     import json
 
     with safe_open(str(tiny_bundle_25.transformer), framework="pt") as f:
@@ -138,7 +221,35 @@ def test_the_25_transformer_file_holds_only_its_own_sections(tiny_bundle_25):
     assert set(json.loads(meta["config"])) == {"transformer", "scheduler"}
     assert all(k.startswith("model.diffusion_model.") for k in keys)
     assert json.loads(meta["gemma_source_checkpoint"]) == {"gemma_version": "gemma4-12b-ltx-v1"}
-    assert replace(tiny_bundle_25.files, generation="2.3").label == "LTX-2.3"
+    with safe_open(str(tiny_bundle_25.text_encoder), framework="pt") as f:
+        meta, keys = f.metadata(), set(f.keys())
+    assert set(meta) == {"format", "gemma_config"}
+    assert {"tokenizer_json", "hf_asset__tokenizer_config.json", "model.embed_tokens.weight",
+            "text_embedding_projection.video_aggregate_embed.weight"} <= keys
+
+
+def test_the_keyframe_marker_is_added_to_the_marked_tokens_only(tiny_bundle_25):
+    """ltx-core 1.2.0's apply_keyframes_absolute_embedding: right after patchify_proj, on the marked video tokens."""
+    from ltx_ray.model.transformer import KeyframedModality
+    from ltx_ray.model.tokens import reference_conditioned_modality
+    from ltx_ray.model.av2av import ReferenceScaling, audio_sequence_positions, video_sequence_positions
+
+    model = loader.load_transformer(tiny_bundle_25.transformer)
+    g = torch.Generator().manual_seed(0)
+    video = reference_conditioned_modality(
+        torch.randn(1, 2, 16, generator=g), torch.randn(1, 4, 16, generator=g),
+        video_sequence_positions((1, 16, 1, 1, 2), (1, 16, 1, 2, 2), ReferenceScaling()), torch.tensor([0.5]),
+        torch.randn(1, 3, 32, generator=g), None)
+    audio = reference_conditioned_modality(
+        torch.randn(1, 2, 32, generator=g), torch.randn(1, 3, 32, generator=g), audio_sequence_positions(2, 3, 1),
+        torch.tensor([0.5]), torch.randn(1, 3, 32, generator=g), None)
+    mask = torch.tensor([0, 0, 1, 1, 0, 0], dtype=torch.float32)[None, :, None]
+    with torch.no_grad():
+        plain = model.video_args_preprocessor.prepare(video, audio).x
+        marked = model.video_args_preprocessor.prepare(KeyframedModality(**vars(video), keyframes_mask=mask), audio).x
+    vector = model.keyframes_abs_pos_embedding[0]
+    assert vector.abs().max() > 0.1
+    torch.testing.assert_close(marked - plain, mask * vector)
 
 
 def _demo():

@@ -207,7 +207,8 @@ class ModelConfig:
     """The transformer (local path or URL): LTX-2.3's single file (transformer, VAEs, vocoder, connectors) or
     LTX-2.5's transformer file (ltx-2.5-22b-dev-transformer-bf16.safetensors, with the text connectors)."""
     video_vae: str = ""
-    """LTX-2.5: the video VAE's file (ltx-2.5-video-vae-bf16.safetensors). Empty for LTX-2.3 (in its single file)."""
+    """LTX-2.5: the video VAE's file, with the convolutional decoder (ltx-2.5-video-vae-conv-bf16.safetensors). Empty for
+    LTX-2.3 (in its single file)."""
     audio_vae: str = ""
     """LTX-2.5: the audio VAE and vocoder's file (ltx-2.5-audio-vae-bf16.safetensors). Empty for LTX-2.3."""
     text_encoder: str = "gemma-3-12b-it"

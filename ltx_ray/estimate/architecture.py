@@ -1,8 +1,8 @@
 """What the estimate is of: the model's architecture (from a checkpoint header) and the step's tensor shapes.
 
-The architecture is the `config` JSON of an LTX-2.3 single-file checkpoint's
-safetensors header: only the first 8 + n bytes of the file are read, locally
-or by ranged reads from `s3://` / `gs://` / `http(s)://` (never the 44 GB
+The architecture is the `config` JSON of the transformer file's safetensors header
+(LTX-2.3's single file; for LTX-2.5, with its VAE files' sections): only the first
+8 + n bytes of each file are read, locally or by ranged reads from `s3://` / `gs://` / `http(s)://` (never the 44 GB
 body). Without a reachable checkpoint the built-in `LTX23_22B_CONFIG` stands in.
 """
 
@@ -90,7 +90,8 @@ def architecture_for(job: JobConfig) -> tuple[Architecture, str | None]:
 
 def _with_component_configs(arch: Architecture, job: JobConfig) -> Architecture:
     """LTX-2.5's transformer file holds only {transformer, scheduler}: add its VAE files' sections (`vae`,
-    `audio_vae`, `vocoder`) where they can be read; the built-in 2.3 values stand in for the others."""
+    `audio_vae`, `vocoder`) where they can be read; the built-in 2.3 values stand in for the others, and the
+    architecture's source says so."""
     missing = [s for s in ("vae", "audio_vae") if s not in arch.config]
     if not missing:
         return arch
@@ -100,9 +101,11 @@ def _with_component_configs(arch: Architecture, job: JobConfig) -> Architecture:
             config = {**json.loads(read_metadata(uri, job.storage).get("config", "{}")), **config}
         except (ModelError, ValueError):
             continue
-    for section in missing:
-        config.setdefault(section, copy.deepcopy(LTX23_22B_CONFIG[section]))
-    return Architecture(config, arch.source)
+    stand_ins = [s for s in missing if s not in config]
+    for section in stand_ins:
+        config[section] = copy.deepcopy(LTX23_22B_CONFIG[section])
+    note = f" ({', '.join(stand_ins)}: the built-in LTX-2.3 22B's, the VAE files were not read)" if stand_ins else ""
+    return Architecture(config, arch.source + note)
 
 
 # --- the step's shapes -----------------------------------------------------------------------------

@@ -13,8 +13,8 @@ What is measured and what is laid out by rule:
   state as DeepSpeed ZeRO holds them per GPU (`zero_layout`), from the exact
   parameter counts of the model built on the meta device and the very ZeRO
   settings training runs with (`zero_settings`, which `deepspeed_config` uses);
-  the Gemma-3 text encoder's weights from its `config.json` and its forward
-  from its sizes.
+  the Gemma text encoder's weights from its config (a Gemma-3 directory's
+  `config.json`, LTX-2.5's packed Gemma-4's header) and its forward from its sizes.
 - allowed for, not modelled: the CUDA context and kernels, cuBLAS workspaces,
   NCCL buffers (`FIXED_ALLOWANCE`) and the caching allocator's fragmentation
   (`FRAGMENTATION` of the modelled peak).
@@ -202,13 +202,14 @@ def _allowance(modelled: int) -> int:
 
 
 def _gemma_use(job: JobConfig, arch: Architecture, shapes, element_bytes: int) -> tuple[dict[str, int], list[str]]:
-    """The Gemma-3 text encoder + our connectors on the encoder actor: weights counted on the meta device,
-    the forward of one padded caption from its sizes (every hidden state is kept; one layer's working set)."""
+    """The Gemma text encoder (Gemma-3, or LTX-2.5's Gemma-4) + our connectors on the encoder actor: weights
+    counted on the meta device, the forward of one padded caption from its sizes (every hidden state is kept;
+    one layer's working set)."""
     from ltx_ray.estimate.architecture import TEXT_TOKENS
     from ltx_ray.estimate.text_encoder import gemma_config, gemma_parameters
     from ltx_ray.model.loader import build_embeddings_processor
 
-    config, source = gemma_config(job.model.text_encoder)
+    config, source = gemma_config(job.model.text_encoder, job.storage)
     text = getattr(config, "text_config", config)
     with torch.device("meta"):
         connectors = sum(p.numel() for p in build_embeddings_processor(
@@ -216,7 +217,11 @@ def _gemma_use(job: JobConfig, arch: Architecture, shapes, element_bytes: int) -
     weights = (gemma_parameters(config) + connectors) * element_bytes
     hidden = (text.num_hidden_layers + 1) * TEXT_TOKENS * text.hidden_size * element_bytes
     layer = TEXT_TOKENS * (3 * text.intermediate_size + 4 * text.hidden_size) * element_bytes
-    return {"parameters": weights, "activations": hidden, "temporaries": layer}, [f"Gemma-3 sizes from {source}"]
+    return {"parameters": weights, "activations": hidden, "temporaries": layer}, [f"{_gemma_name(config)} sizes from {source}"]
+
+
+def _gemma_name(config) -> str:
+    return "Gemma-4" if str(config.model_type).startswith("gemma4") else "Gemma-3"
 
 
 def _training_use(counts, step: memory.Measured, ds_config: dict[str, Any], *, world: int,
@@ -288,7 +293,7 @@ def estimate(job: JobConfig, *, exact_depth: bool = False, gpu_attention: bool =
     enc = {k: encoders.kinds.get(k, 0) + gemma.get(k, 0) for k in ("parameters", "activations", "temporaries",
                                                                     "inputs")}
     uses.append(GpuUse("encoder actor", enc, _allowance(sum(enc.values())),
-                       ["VAE encoders on one pair (measured) + Gemma-3 and connectors"] + gemma_notes))
+                       [f"VAE encoders on one pair (measured) + {gemma_notes[0].split(' ')[0]} and connectors"] + gemma_notes))
 
     return Estimate(
         architecture=arch.source, architecture_note=note,

@@ -9,25 +9,20 @@ from pathlib import Path
 import torch
 
 
-def gemma_config(text_encoder: str):
+def gemma_config(text_encoder: str, storage=None):
     """(transformers config, where it came from): `<dir>/config.json` read locally or from s3://, gs://
     (that one file only), else ltx-core's `GEMMA3_CONFIG_FOR_LTX` (the 12B Gemma-3 LTX-2.3 uses)."""
     from transformers import AutoConfig, Gemma3Config
 
     text = str(text_encoder)
     if text.endswith(".safetensors"):  # a packed Gemma-4 (LTX-2.5): its HF config is in the header
-        import json
-
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-        from ltx_ray.errors import ModelError
-        from ltx_ray.model.header import read_metadata
+        from ltx_ray.model.files import gemma_config_of
 
-        try:
-            config = json.loads(read_metadata(text)["gemma_config"])
+        config = gemma_config_of(text, storage)
+        if config is not None and config.get("model_type") in CONFIG_MAPPING:
             return CONFIG_MAPPING[config["model_type"]].from_dict(config), f"{text} (gemma_config)"
-        except (ModelError, KeyError, ValueError):
-            pass
     try:
         if "://" in text and not text.startswith("file://"):
             from ltx_ray.storage import resolve_filesystem
@@ -43,8 +38,9 @@ def gemma_config(text_encoder: str):
         pass
     from ltx_core.text_encoders.gemma.config import GEMMA3_CONFIG_FOR_LTX
 
-    return (Gemma3Config.from_dict(GEMMA3_CONFIG_FOR_LTX.to_dict()),
-            "ltx-core's GEMMA3_CONFIG_FOR_LTX (Gemma-3 12B; the text_encoder directory was not readable)")
+    why = ("the packed Gemma-4 was not readable, and Lightricks' source does not state its sizes: Gemma-3 12B "
+           "stands in" if text.endswith(".safetensors") else "the text_encoder directory was not readable")
+    return Gemma3Config.from_dict(GEMMA3_CONFIG_FOR_LTX.to_dict()), f"ltx-core's GEMMA3_CONFIG_FOR_LTX (Gemma-3 12B; {why})"
 
 
 def gemma_parameters(config) -> int:

@@ -1,7 +1,10 @@
 """The model stage: everything that touches the network, on top of Lightricks' `ltx-core`.
 
-- `loader`    builds the transformer, VAEs, vocoder and text encoder from an LTX-2.3 checkpoint.
-- `tiny`      writes a tiny random checkpoint + Gemma-3 directory in the same format (tests, demo).
+- `files`     the model's files (LTX-2.3's single file, LTX-2.5's four) and their generation, checked as a set.
+- `transformer` the transformer as the current ltx-core (1.2.0) computes it, on ltx-core 1.0.0.
+- `gemma4`    LTX-2.5's packed Gemma-4 text encoder.
+- `loader`    builds the transformer, VAEs, vocoder and text encoder from those files.
+- `tiny`      writes tiny random bundles in the real formats (2.3: one file + Gemma-3; 2.5: four files).
 - `encode`    batch encoders/decoders: frames, waveforms and captions to latents and back.
 - `tokens`    patchify and RoPE positions of target and reference tokens; the sigma sampler.
 - `av2av`     what training, sampling and estimation share: the reference scaling, the sequence

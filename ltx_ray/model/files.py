@@ -75,22 +75,37 @@ class ModelFiles:
 def model_files(model, storage=None) -> ModelFiles:
     """The job's `model.*` (a `ModelConfig`) as a checked set of files; raises `ModelError` on a mismatched set.
 
-    Reads only headers (by range for remote files). A transformer file that cannot be read yet (not
-    downloaded, no network) is taken for LTX-2.3's single file: its loader names the problem later.
+    Reads only headers (by range for remote files), once per process for a given set (the driver, each
+    worker): a run does not go back to the storage for them at every checkpoint or preview. A transformer
+    file that cannot be read yet is taken for LTX-2.3's single file when no VAE file is named (its loader
+    names the problem); with VAE files named (LTX-2.5), its read error is the answer.
     """
+    endpoint = getattr(storage, "endpoint_override", None) if storage is not None else None
+    key = (str(model.checkpoint), str(model.video_vae or ""), str(model.audio_vae or ""), str(model.text_encoder),
+           endpoint)
+    if key not in _CHECKED:
+        _CHECKED[key] = _check(model, storage)
+    return _CHECKED[key]
+
+
+_CHECKED: dict[tuple, ModelFiles] = {}
+
+
+def _check(model, storage) -> ModelFiles:
     checkpoint = str(model.checkpoint)
     try:
         meta = read_metadata(checkpoint, storage)
     except ModelError as exc:
+        if model.video_vae or model.audio_vae:
+            raise
         log.debug("model.checkpoint not readable for its version (%s): taken for LTX-2.3", exc)
         meta = {}
-    generation = generation_of(meta)
-    if generation == LTX23:
-        return _ltx23_files(model, meta)
+    if generation_of(meta) == LTX23:
+        return _ltx23_files(model, meta, storage)
     return _ltx25_files(model, meta, storage)
 
 
-def _ltx23_files(model, meta: dict[str, str]) -> ModelFiles:
+def _ltx23_files(model, meta: dict[str, str], storage) -> ModelFiles:
     checkpoint = str(model.checkpoint)
     for field in ("video_vae", "audio_vae"):
         value = getattr(model, field)
@@ -98,13 +113,19 @@ def _ltx23_files(model, meta: dict[str, str]) -> ModelFiles:
             raise ModelError(Problem(f"model.{field}", f"{value}: LTX-2.3's single file ({Path(checkpoint).name}) "
                                      "holds its VAEs; leave model." + field + " empty"))
     text = str(model.text_encoder)
-    kind = _text_encoder_kind(text)
+    kind = _gemma_kind(gemma_config_of(text, storage))
     if kind not in (None, "gemma3"):
         raise ModelError(Problem("model.text_encoder", f"{text} is a {kind} text encoder; the LTX-2.3 "
                                  f"transformer {Path(checkpoint).name} runs on Gemma-3 (a gemma-3-12b-it directory)"))
     return ModelFiles(generation=LTX23, model_version=meta.get("model_version", ""), transformer=checkpoint,
                       video_vae=checkpoint, audio_vae=checkpoint, text_encoder=text, text_projection=checkpoint,
                       text_encoder_version="gemma-3")
+
+
+# The sections each LTX-2.5 component file's `config` holds, and the class of the video VAE ltx-core 1.0.0
+# builds (the convolutional decoder; 1.2.0's `is_diffusion_video_vae` tells the other from `_class_name`).
+_SECTIONS = {"video_vae": ("vae",), "audio_vae": ("audio_vae", "vocoder")}
+_CONV_VAE = "CausalVideoAutoencoder"
 
 
 def _ltx25_files(model, meta: dict[str, str], storage) -> ModelFiles:
@@ -120,18 +141,20 @@ def _ltx25_files(model, meta: dict[str, str], storage) -> ModelFiles:
             other = read_metadata(value, storage)
         except ModelError:
             continue  # not reachable yet: its loader names the problem
-        if generation_of(other) != LTX25 or "transformer" in _config(other):
-            found = other.get("model_version") or "no version (LTX-2.3)"
-            raise ModelError(Problem(f"model.{field}", f"{value} is not an LTX-{LTX25} file ({found}); "
-                                     f"{name} is LTX-{LTX25} ({version})"))
+        _check_component(field, value, other, name, version)
     text = str(model.text_encoder)
-    kind = _text_encoder_kind(text)
+    config = gemma_config_of(text, storage)
+    kind = _gemma_kind(config)
     if kind == "gemma3":
-        raise ModelError(Problem("model.text_encoder", f"{text} is a Gemma-3 directory; the LTX-{LTX25} transformer "
-                                 f"{name} runs on Gemma-4 (the packed gemma4-12b-with-proj-ltx-2.5 file)"))
+        raise ModelError(Problem("model.text_encoder", f"{text} is a Gemma-3; the LTX-{LTX25} transformer {name} "
+                                 "runs on Gemma-4 (the packed gemma4-12b-with-proj-ltx-2.5-bf16.safetensors)"))
+    if not text.endswith(".safetensors"):
+        raise ModelError(Problem("model.text_encoder", f"{text}: LTX-{LTX25}'s text encoder is one packed file with "
+                                 "the projection of its features (gemma4-12b-with-proj-ltx-2.5-bf16.safetensors)"))
+    # As the official `_check_gemma_version`: a transformer naming its Gemma takes that Gemma only.
     expected = _expected_gemma_version(meta)
-    actual = _gemma_version(text, storage)
-    if expected and actual and expected != actual:
+    actual = (config or {}).get("gemma_version")
+    if expected and config is not None and actual != expected:
         raise ModelError(Problem("model.text_encoder", f"{text} is Gemma version {actual!r}; {name} was trained "
                                  f"on {expected!r} (its gemma_source_checkpoint)"))
     return ModelFiles(generation=LTX25, model_version=version, transformer=checkpoint, video_vae=str(model.video_vae),
@@ -139,11 +162,30 @@ def _ltx25_files(model, meta: dict[str, str], storage) -> ModelFiles:
                       text_encoder_version=actual or expected or "gemma-4")
 
 
+def _check_component(field: str, uri: str, meta: dict[str, str], transformer: str, version: str) -> None:
+    """Refuse an LTX-2.5 VAE file that is of 2.3, of the other component, or the diffusion-decoder video VAE."""
+    config = _config(meta)
+    stated = parse_model_version(meta.get("model_version"))
+    if "transformer" in config or (stated and generation_of(meta) != LTX25):
+        found = meta.get("model_version") or "LTX-2.3's single file"
+        raise ModelError(Problem(f"model.{field}", f"{uri} is not an LTX-{LTX25} file ({found}); "
+                                 f"{transformer} is LTX-{LTX25} ({version})"))
+    lacking = [s for s in _SECTIONS[field] if s not in config]
+    if lacking:
+        raise ModelError(Problem(f"model.{field}", f"{uri} has no {', '.join(lacking)} config (has: {sorted(config)}): "
+                                 f"not the {'video VAE' if field == 'video_vae' else 'audio VAE and vocoder'}'s file"))
+    kind = config.get("vae", {}).get("_class_name", _CONV_VAE) if field == "video_vae" else _CONV_VAE
+    if kind != _CONV_VAE:
+        raise ModelError(Problem("model.video_vae", f"{uri} is the diffusion-decoder video VAE ({kind}); use the "
+                                 "convolutional one (ltx-2.5-video-vae-conv-bf16.safetensors)"))
+
+
 def _config(meta: dict[str, str]) -> dict[str, Any]:
     try:
-        return json.loads(meta.get("config", "{}"))
+        config = json.loads(meta.get("config", "{}"))
     except json.JSONDecodeError:
         return {}
+    return config if isinstance(config, dict) else {}
 
 
 def _expected_gemma_version(meta: dict[str, str]) -> str | None:
@@ -158,36 +200,25 @@ def _expected_gemma_version(meta: dict[str, str]) -> str | None:
     return source.get("gemma_version") if isinstance(source, dict) else None
 
 
-def _text_encoder_kind(text: str) -> str | None:
-    """"gemma3" / "gemma4" for a local directory or packed file whose config says so; None when unknown."""
-    config = _local_gemma_config(text)
+def _gemma_kind(config: dict[str, Any] | None) -> str | None:
+    """"gemma3" / "gemma4" (or another model_type) of a Gemma's HF config; None when it could not be read."""
     if config is None:
         return None
     model_type = str(config.get("model_type", ""))
     return "gemma4" if model_type.startswith("gemma4") else "gemma3" if model_type.startswith("gemma3") else model_type
 
 
-def _gemma_version(text: str, storage) -> str | None:
-    """The Gemma config's `gemma_version` (a packed Gemma-4 file's, or a directory's config.json), if stated."""
-    config = _local_gemma_config(text)
-    if config is None and text.endswith(".safetensors") and "://" in text:
-        try:
-            config = json.loads(read_metadata(text, storage).get("gemma_config", "{}"))
-        except (ModelError, json.JSONDecodeError):
-            config = None
-    return (config or {}).get("gemma_version")
-
-
-def _local_gemma_config(text: str) -> dict[str, Any] | None:
-    """The HF config of a local Gemma: a directory's config.json, or a packed file's `gemma_config` metadata."""
-    if "://" in text and not text.startswith("file://"):
-        return None
-    path = Path(text.removeprefix("file://")).expanduser()
+def gemma_config_of(text: str, storage=None) -> dict[str, Any] | None:
+    """The HF config of a text encoder: a local directory's config.json, or a packed file's `gemma_config` header
+    metadata (local or remote, read by range); None when it cannot be read (a remote directory, no network)."""
+    local = "://" not in text or text.startswith("file://")
+    path = Path(text.removeprefix("file://")).expanduser() if local else None
     try:
-        if path.is_dir() and (path / "config.json").is_file():
+        if path is not None and path.is_dir():
             return json.loads((path / "config.json").read_text())
-        if path.is_file():
-            return json.loads(read_metadata(path).get("gemma_config", "{}"))
+        if text.endswith(".safetensors") or (path is not None and path.is_file()):
+            raw = read_metadata(text, storage).get("gemma_config")
+            return json.loads(raw) if raw else None
     except (OSError, ValueError, ModelError):
         return None
     return None

@@ -9,7 +9,7 @@ ltx-core 1.0.0 (PyPI) knows only Gemma-3; this follows the official 1.2.0 code (
   under ComfyUI's flat names (`model.layers.*`, `model.embed_tokens.*`, `model.norm.*`, `vision_model.*`,
   `multi_modal_projector.*`, `audio_projector.*`; `_flatten_gemma4_unified_keys_for_comfy`), and the
   projection of Gemma's features, `text_embedding_projection.{video,audio}_aggregate_embed.*` (in 2.3's
-  single checkpoint instead). A directory with `config.json`, `tokenizer.json` and the weights works too.
+  single checkpoint instead).
 - **The model** (`encoder_configurator.py`, `GemmaTextEncoderConfigurator`, `get_gemma_ops`): transformers'
   `AutoModelForImageTextToText` for the config (`Gemma4UnifiedForConditionalGeneration`), built on the meta
   device and given the file's tensors (flat names mapped back, `_build_gemma4_unified_llm_key_ops`). Its
@@ -17,7 +17,8 @@ ltx-core 1.0.0 (PyPI) knows only Gemma-3; this follows the official 1.2.0 code (
   frequencies. The official `_populate_rotary_v5` reads one `head_dim` for every layer, which is why it pins
   transformers < 5.15; Gemma-4's full-attention layers use a wider `global_head_dim`, so here the rotary
   module is built by transformers itself, per layer type (`config.per_layer_config`).
-- **Tokenizing** (`tokenizer.py`, `LTXGemmaTokenizer.tokenize_with_weights`): the stripped caption,
+- **Tokenizing** (`gemma_assets.py`, `build_gemma_hf_tokenizer`: a fast tokenizer from the bytes and
+  `tokenizer_config.json`'s settings; `tokenizer.py`, `LTXGemmaTokenizer.tokenize_with_weights`): the stripped caption,
   truncated to `max_length`, BOS prepended when the tokenizer did not add one (Gemma-4's does not), left
   padding to exactly `max_length` (1,024 for the real model) with its attention mask.
 - **Encoding** (`base_encoder.py`, `LTXGemmaTextEncoder.encode`): the inner model (`model.model`, no LM
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from ltx_ray.errors import ModelError, Problem
 
@@ -41,6 +42,9 @@ GEMMA_CONFIG_KEY = "gemma_config"
 TOKENIZER_TENSOR = "tokenizer_json"
 ASSET_PREFIX = "hf_asset__"
 PROJECTION_PREFIX = "text_embedding_projection."
+# tokenizer_config.json entries the official builder leaves out (`gemma_assets.py`, `_TOKENIZER_CONFIG_SKIP`).
+_TOKENIZER_SKIP = frozenset({"tokenizer_class", "auto_map", "model_max_length", "backend", "is_local",
+                             "local_files_only", "processor_class", "added_tokens_decoder", "padding_side"})
 # ComfyUI's flat names of the packed file -> the names in transformers' Gemma4UnifiedForConditionalGeneration.
 _FLAT_TO_HF = (
     ("model.layers.", "model.language_model.layers."),
@@ -81,19 +85,14 @@ class Gemma4Encoder(torch.nn.Module):
 
 
 def read_gemma_config(path: str | Path) -> dict[str, Any]:
-    """The HF config of a packed file (`gemma_config` metadata) or a directory (`config.json`)."""
-    path = Path(path)
-    try:
-        if path.is_dir():
-            return json.loads((path / "config.json").read_text())
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (OSError, ValueError) as exc:
-        raise ModelError(Problem(str(path), f"not a readable Gemma-4 text encoder: {exc}")) from None
-    if GEMMA_CONFIG_KEY not in meta:
-        raise ModelError(Problem(str(path), f"no '{GEMMA_CONFIG_KEY}' metadata: not a packed Gemma-4 text encoder "
-                                            "(gemma4-12b-with-proj-ltx-2.5-bf16.safetensors)"))
-    return json.loads(meta[GEMMA_CONFIG_KEY])
+    """The HF config of a packed file (its `gemma_config` metadata); `ModelError` naming the file without one."""
+    from ltx_ray.model.files import gemma_config_of
+
+    config = gemma_config_of(str(path))
+    if config is None:
+        raise ModelError(Problem(str(path), f"no readable '{GEMMA_CONFIG_KEY}' metadata: not a packed Gemma-4 text "
+                                            "encoder (gemma4-12b-with-proj-ltx-2.5-bf16.safetensors)"))
+    return config
 
 
 def text_sizes(config: dict[str, Any]) -> tuple[int, int]:
@@ -103,17 +102,22 @@ def text_sizes(config: dict[str, Any]) -> tuple[int, int]:
 
 
 def load_gemma4(path: str | Path, *, dtype: torch.dtype, device: torch.device, max_length: int) -> Gemma4Encoder:
-    """The Gemma-4 of a packed file (or an HF directory) on `device` in `dtype`, with its tokenizer."""
+    """The Gemma-4 of a packed file on `device` in `dtype`, with its tokenizer."""
     from tokenizers import Tokenizer
     from transformers import AutoModelForImageTextToText, PreTrainedTokenizerFast
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     path = Path(path)
     config_dict = read_gemma_config(path)
-    if not str(config_dict.get("model_type", "")).startswith("gemma4"):
-        raise ModelError(Problem(str(path), f"model_type {config_dict.get('model_type')!r}: not a Gemma-4"))
+    model_type = str(config_dict.get("model_type", ""))
+    if not model_type.startswith("gemma4") or model_type not in CONFIG_MAPPING:
+        raise ModelError(Problem(str(path), f"model_type {model_type!r}: not a Gemma-4 this transformers "
+                                            "release knows (LTX-2.5's is gemma4_unified)"))
     tokenizer_json, side_files, tensors = _read_assets(path)
-    config = CONFIG_MAPPING[config_dict["model_type"]].from_dict(dict(config_dict))
+    if "tokenizer_config.json" not in side_files:
+        raise ModelError(Problem(str(path), f"no {ASSET_PREFIX}tokenizer_config.json: the packed file's tokenizer "
+                                            "settings are missing"))
+    config = CONFIG_MAPPING[model_type].from_dict(dict(config_dict))
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config)
     expected = set(model.state_dict())
@@ -122,35 +126,17 @@ def load_gemma4(path: str | Path, *, dtype: torch.dtype, device: torch.device, m
         name = _hf_name(key)
         if name in expected:
             state[name] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
-    tied = "lm_head.weight"
-    if tied in expected and tied not in state and "model.language_model.embed_tokens.weight" in state:
-        state[tied] = state["model.language_model.embed_tokens.weight"]
-    missing = sorted(expected - set(state))
+    tied = {"lm_head.weight"} - set(state)  # the LM head is the embedding (tie_word_embeddings); no copy in the file
+    missing = sorted(expected - set(state) - tied)
     if missing:
         raise ModelError(Problem(str(path), f"{len(missing)} Gemma-4 weights missing: {', '.join(missing[:8])}"))
-    model.load_state_dict(state, strict=True, assign=True)
+    model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
     _make_buffers(model, device)
-    settings = json.loads(side_files.get("tokenizer_config.json", b"{}") or b"{}")
-    keep = {k: v for k, v in settings.items() if k.endswith("_token") and isinstance(v, str)}
+    settings = {k: v for k, v in json.loads(side_files["tokenizer_config.json"]).items() if k not in _TOKENIZER_SKIP}
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer_json.decode()),
-                                        model_max_length=max_length, padding_side="left", **keep)
+                                        **{**settings, "model_max_length": max_length, "padding_side": "left"})
     return Gemma4Encoder(model.eval(), tokenizer, max_length)
-
-
-def projection_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """The packed file's `text_embedding_projection.*` tensors (V2 feature extractor), without its prefix."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(path.glob("*.safetensors"))
-    else:
-        files = [path]
-    out = {}
-    for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                if key.startswith(PROJECTION_PREFIX):
-                    out[key.removeprefix(PROJECTION_PREFIX)] = f.get_tensor(key)
-    return out
 
 
 def pack_gemma4(model: torch.nn.Module, tokenizer_json: bytes, side_files: dict[str, bytes], projection: dict[str, torch.Tensor],
@@ -185,26 +171,26 @@ def _flat_name(key: str) -> str:
 
 
 def _read_assets(path: Path):
-    """(tokenizer.json bytes, side files, a function yielding (key, tensor)) of a packed file or a directory."""
-    if path.is_dir():
-        side = {p.name: p.read_bytes() for p in sorted(path.glob("*.json")) if p.name not in ("config.json", "tokenizer.json")}
-        tokenizer = (path / "tokenizer.json").read_bytes()
-        files = sorted(path.glob("*.safetensors"))
-    else:
-        files = [path]
+    """(tokenizer.json bytes, side files, a function yielding the weights' (key, tensor)) of a packed file."""
+    try:
         with safe_open(str(path), framework="pt") as f:
             keys = set(f.keys())
             if TOKENIZER_TENSOR not in keys:
                 raise ModelError(Problem(str(path), f"no '{TOKENIZER_TENSOR}' tensor: the packed file has no tokenizer"))
             tokenizer = _bytes(f.get_tensor(TOKENIZER_TENSOR))
             side = {k.removeprefix(ASSET_PREFIX): _bytes(f.get_tensor(k)) for k in keys if k.startswith(ASSET_PREFIX)}
+            meta = f.metadata() or {}
+    except (OSError, SafetensorError) as exc:
+        raise ModelError(Problem(str(path), f"not a readable safetensors file: {exc}")) from None
+    for name in ("tokenizer_config.json", "processor_config.json"):  # older packs: small JSON as metadata
+        if name not in side and name in meta:
+            side[name] = meta[name].encode()
 
     def tensors():
-        for file in files:
-            with safe_open(str(file), framework="pt") as f:
-                for key in f.keys():
-                    if key != TOKENIZER_TENSOR and not key.startswith((ASSET_PREFIX, PROJECTION_PREFIX)):
-                        yield key, f.get_tensor(key)
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                if key != TOKENIZER_TENSOR and not key.startswith((ASSET_PREFIX, PROJECTION_PREFIX)):
+                    yield key, f.get_tensor(key)
 
     return tokenizer, side, tensors
 
@@ -215,7 +201,8 @@ def _bytes(tensor: torch.Tensor) -> bytes:
 
 
 def _make_buffers(model: torch.nn.Module, device: torch.device) -> None:
-    """The non-persistent buffers the file does not hold: the embedding scale and the rotary frequencies."""
+    """The non-persistent buffers the file does not hold: the embedding scale and the rotary frequencies; then
+    refuse a model with anything left on the meta device."""
     language = model.model.language_model
     text_config = language.config
     language.rotary_emb = type(language.rotary_emb)(config=text_config, device=device)
@@ -223,6 +210,6 @@ def _make_buffers(model: torch.nn.Module, device: torch.device) -> None:
     if getattr(embed, "embed_scale", None) is not None and embed.embed_scale.is_meta:
         embed.register_buffer("embed_scale", torch.tensor(text_config.hidden_size ** 0.5, device=device),
                               persistent=False)
-    left = [n for n, b in model.named_buffers() if b.is_meta]
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
-        raise ModelError(Problem("text_encoder", f"Gemma-4 buffers left unset: {', '.join(left[:5])}"))
+        raise ModelError(Problem("text_encoder", f"Gemma-4 tensors left unset: {', '.join(left[:5])}"))

@@ -1,6 +1,8 @@
-"""Build LTX-2.3 components from a single-file checkpoint and a Gemma-3 directory, via ltx-core.
+"""Build LTX components via ltx-core: from LTX-2.3's single file and Gemma-3 directory, or LTX-2.5's files.
 
-Every component goes through ltx-core's own configurator (model from the JSON
+Each loader takes the file its component is in (`ltx_ray.model.files.ModelFiles` says which: for 2.3
+the single file every time; for 2.5 the transformer's, the video VAE's, the audio VAE's, the packed
+Gemma-4's). Every component goes through ltx-core's own configurator (model from the JSON
 config in the safetensors metadata) and `SingleGPUModelBuilder` (model built on
 the meta device, then the checkpoint's tensors, views of the memory-mapped file,
 assigned in place: no second copy of the weights when the requested dtype is
@@ -115,7 +117,7 @@ def read_checkpoint_config(checkpoint: str | Path) -> dict[str, Any]:
     with _open(path) as f:
         meta = f.metadata() or {}
     if "config" not in meta:
-        raise ModelError(Problem(str(path), "no 'config' entry in the safetensors metadata: not an LTX-2 single-file checkpoint"))
+        raise ModelError(Problem(str(path), "no 'config' entry in the safetensors metadata: not an LTX-2 model file"))
     try:
         return json.loads(meta["config"])
     except json.JSONDecodeError as exc:
@@ -272,10 +274,10 @@ def load_text_encoder(
     if files.generation == "2.5":
         from ltx_ray.model.gemma4 import load_gemma4, read_gemma_config, text_sizes
 
-        directory = resolve_model_path(files.text_encoder)
-        hidden, layers = text_sizes(read_gemma_config(directory))
-        gemma = load_gemma4(directory, dtype=dtype, device=device, max_length=max_length)
-        projection = directory
+        packed = resolve_model_path(files.text_encoder)
+        hidden, layers = text_sizes(read_gemma_config(packed))
+        gemma = load_gemma4(packed, dtype=dtype, device=device, max_length=max_length)
+        projection = packed
     else:
         gemma, hidden, layers = _load_gemma3(files.text_encoder, dtype, device, max_length)
         projection = path
@@ -310,29 +312,30 @@ def _load_gemma3(text_encoder_dir, dtype: torch.dtype, device: torch.device, max
 
 def _load_embeddings(model_config: dict, hidden: int, layers: int, sources: tuple, dtype: torch.dtype,
                      device: torch.device):
-    """The feature extractor and connectors, their weights from `sources` (the transformer file, and the file or
-    directory holding `text_embedding_projection.*`) under ltx-core's `EMBEDDINGS_PROCESSOR_KEY_OPS`."""
+    """The feature extractor and connectors, their weights from `sources` (the transformer file, and the file holding
+    `text_embedding_projection.*`: the same for 2.3, the packed Gemma-4 for 2.5) under ltx-core's
+    `EMBEDDINGS_PROCESSOR_KEY_OPS`. Only the matching tensors are read."""
     from ltx_core.text_encoders.gemma import EMBEDDINGS_PROCESSOR_KEY_OPS as sd_ops
 
     with torch.device("meta"):
         embeddings = build_embeddings_processor(model_config, hidden, layers)
     expected = set(embeddings.state_dict())
     state: dict[str, torch.Tensor] = {}
-    for source in dict.fromkeys(sources):
-        source = Path(source)
-        for file in sorted(source.glob("*.safetensors")) if source.is_dir() else [source]:
-            with _open(file) as f:
-                for key in f.keys():
-                    renamed = sd_ops.apply_to_key(key)
-                    if renamed is None:
-                        continue
-                    for item in sd_ops.apply_to_key_value(renamed, f.get_tensor(key)):
-                        if item.new_key in expected:
-                            state[item.new_key] = item.new_value.to(device=device, dtype=dtype)
-    raise_if_missing(Path(sources[0]), "text embeddings (feature extractor and connectors)", expected - set(state))
+    files = list(dict.fromkeys(Path(s) for s in sources))
+    for file in files:
+        with _open(file) as f:
+            for key in f.keys():
+                renamed = sd_ops.apply_to_key(key)
+                if renamed is None:
+                    continue
+                for item in sd_ops.apply_to_key_value(renamed, f.get_tensor(key)):
+                    if item.new_key in expected:
+                        state[item.new_key] = item.new_value.to(device=device, dtype=dtype)
+    raise_if_missing(Path(" + ".join(str(f) for f in files)), "text embeddings (feature extractor and connectors)",
+                     expected - set(state))
     embeddings.load_state_dict(state, strict=True, assign=True)
-    log.info("loaded text embeddings from %s (%d tensors, %s on %s)",
-             ", ".join(Path(s).name for s in dict.fromkeys(sources)), len(state), dtype, device)
+    log.info("loaded text embeddings from %s (%d tensors, %s on %s)", ", ".join(f.name for f in files), len(state),
+             dtype, device)
     return embeddings.eval()
 
 
@@ -349,7 +352,9 @@ def build_embeddings_processor(model_config: dict, gemma_hidden: int, gemma_laye
     )
     from ltx_core.text_encoders.gemma.feature_extractor import FeatureExtractorV2
 
-    t = model_config.get("transformer", {})
+    # rope_type: ltx-core 1.2.0's default for the connectors is "split" (1.0.0's "interleaved").
+    t = {"rope_type": "split", **model_config.get("transformer", {})}
+    model_config = {**model_config, "transformer": t}
     if not t.get("caption_proj_before_connector", False):
         raise ModelError(Problem("config.transformer", "only LTX-2.3 and LTX-2.5 checkpoints (caption_proj_before_connector) "
                                                        "are supported"))

@@ -1,4 +1,4 @@
-"""The published LTX-2.3 configuration, as far as this package needs it without the real file.
+"""The published LTX-2.3 configuration (and LTX-2.5's differences), as far as this package needs it without the real files.
 
 `TRANSFORMER_FLAGS` are the architecture flags of the `transformer` section
 of `ltx-2.3-22b-dev.safetensors`'s `config` header (ltx-core's configurator
@@ -63,3 +63,10 @@ LTX23_22B_CONFIG: dict[str, Any] = {
         "causality_axis": "height",
     }, "sampling_rate": 16000}}},
 }
+
+
+# LTX-2.5's transformer: the 22B's sizes with the flags ltx-core 1.2.0 reads for it (model_configurator.py:
+# "LTX 2.5 (gemma4) sets ff_bias=false"; the keyframe marker the 2.5 pipelines' keyframe features need).
+# The published file's own header is the authority; this stands in where it cannot be read (sizing).
+LTX25_TRANSFORMER_FLAGS = {"ff_bias": False, "use_keyframes_abs_pos_embedding": True}
+LTX25_22B_TRANSFORMER: dict[str, Any] = {**LTX23_22B_CONFIG["transformer"], **LTX25_TRANSFORMER_FLAGS}

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ltx_ray.model.ltx23 import TRANSFORMER_FLAGS
+from ltx_ray.model.ltx23 import LTX25_TRANSFORMER_FLAGS, TRANSFORMER_FLAGS
 
 CHECKPOINT_NAME = "ltx-2.3-tiny.safetensors"
 GEMMA_DIR_NAME = "gemma-3-tiny"
@@ -260,6 +260,11 @@ def initialised(module: torch.nn.Module) -> torch.nn.Module:
             # AdaLN tables are added to timestep embeddings; the reference init is randn / sqrt(dim).
             with torch.no_grad():
                 param.copy_(torch.randn_like(param) / math.sqrt(param.shape[-1]))
+        elif name == "keyframes_abs_pos_embedding":
+            # LTX-2.5's learned keyframe marker (zeros as built): non-zero, as a trained one is, so that tests
+            # and the parity script see whether it reaches the right tokens.
+            with torch.no_grad():
+                param.copy_(torch.randn_like(param))
         elif name in ("proj_out.weight", "audio_proj_out.weight"):
             # A trained LTX model predicts velocities of unit scale. PyTorch's default init
             # after the output LayerNorm reaches only ~0.5 of that, and a LoRA on the blocks
@@ -329,10 +334,8 @@ def _write_tiny_gemma(gemma_dir: Path) -> tuple[int, int]:
 
 # --- LTX-2.5 ---------------------------------------------------------------------------------------
 
-# What makes a 2.5 transformer (ltx-core 1.2.0, model_configurator.py): a bias-free video feed-forward and the
-# learned keyframe marker. The official source states ff_bias=false for 2.5; the keyframe embedding is what the
-# 2.5 pipelines' keyframe features need. Everything else is 2.3's.
-LTX25_TRANSFORMER_FLAGS = {"ff_bias": False, "use_keyframes_abs_pos_embedding": True}
+# A 2.5 transformer is 2.3's with LTX25_TRANSFORMER_FLAGS (ltx_ray.model.ltx23): a bias-free video feed-forward
+# and the learned keyframe marker.
 GEMMA4_VERSION = "gemma4-12b-ltx-v1"
 LTX25_MODEL_VERSION = "2.5.0-tiny"
 

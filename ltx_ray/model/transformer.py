@@ -55,7 +55,9 @@ class TransformerConfigurator:
         """The `LTXModel` of a checkpoint config (its `transformer` section), 2.3 or 2.5."""
         from ltx_core.model.transformer.model_configurator import LTXModelConfigurator
 
-        flags = config.get("transformer", {})
+        # rope_type: 1.2.0's default is "split" (1.0.0's "interleaved"); the published files state it anyway.
+        flags = {"rope_type": "split", **config.get("transformer", {})}
+        config = {**config, "transformer": flags}
         if not flags.get("use_prompt_adaln_single", True):
             raise ModelError(Problem("config.transformer.use_prompt_adaln_single",
                                      "false (a KV-cacheable checkpoint) is not supported: no published LTX model sets it"))
@@ -69,7 +71,8 @@ def follow_current_ltx_core(model: torch.nn.Module, flags: dict[str, Any]) -> to
     if not flags.get("audio_ff_bias", True):
         drop_feed_forward_biases(block.audio_ff for block in model.transformer_blocks)
     if flags.get("use_keyframes_abs_pos_embedding", False):
-        # Zeros until loaded, as officially (a no-op on a checkpoint that has no trained vector).
+        # Made like the official model's (zeros), then loaded from the file: a file whose config sets the flag
+        # without holding the vector is refused by the loaders (its weights are checked key by key).
         like = model.patchify_proj.weight
         model.keyframes_abs_pos_embedding = torch.nn.Parameter(torch.zeros(1, model.inner_dim, dtype=like.dtype,
                                                                             device=like.device))

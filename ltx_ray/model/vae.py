@@ -135,7 +135,8 @@ def latents_to_audio(audio_decoder, vocoder, latents: torch.Tensor) -> tuple[tor
 
 
 def encode_text(text_encoder: TextEncoder, captions: list[str]) -> TextContext:
-    """Captions to video/audio context and mask, with Gemma-3 and ltx-core's embedding connectors.
+    """Captions to video/audio context and mask, with the job's Gemma (Gemma-3 for 2.3, Gemma-4 for
+    2.5) and ltx-core's embedding connectors.
 
     Captions are encoded one at a time: ltx-core's tokenizer wrapper and the
     connectors' register substitution handle a single sequence.

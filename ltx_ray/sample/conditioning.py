@@ -1,8 +1,8 @@
 """A sample's conditioning: a reference clip and a prompt encoded into a `Conditioning`; the validation set.
 
 `ConditioningEncoder` is the one encoder of a `Conditioning`, for the previews' validation set and
-for `ltx-ray generate`: the fitted reference through the checkpoint's VAE encoders, the prompt and
-the negative prompt through Gemma-3 and the connectors.
+for `ltx-ray generate`: the fitted reference through the model's VAE encoders, the prompt and
+the negative prompt through its Gemma (Gemma-3 for 2.3, Gemma-4 for 2.5) and the connectors.
 
 `check_validation_inputs` runs on the driver before any compute: every
 reference video is fetched, and one without audio and without a

@@ -2,10 +2,11 @@
 
 What a user does next with the LoRA. The reference is fitted and scaled by the
 code training and validation use (`fit_reference`, with the factors the LoRA's
-metadata records), encoded by the checkpoint's VAEs and Gemma-3, the LoRA is
+metadata records), encoded by the model's VAEs and Gemma (`model.*`, 2.3 or 2.5), the LoRA is
 fused into the transformer by ltx-core's own loader at `strength`, and the clip
 is sampled by the validation previews' sampler. Every input is checked before
-any model is loaded; a refusal is a `UserError` (exit 2) naming the input.
+any model is loaded, the LoRA's generation against the model's among them; a refusal is a `UserError`
+(exit 2) naming the input.
 """
 
 from __future__ import annotations
