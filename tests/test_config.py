@@ -95,6 +95,17 @@ def test_default_yaml_is_valid_and_is_the_recommended_config():
     assert job.request.validation[0].reference_video_url == "https://example.com/ref.mp4"
 
 
+def test_ltx25_yaml_is_the_recommended_config_on_ltx25s_four_files():
+    job, warnings = load_config(ROOT / "conf" / "ltx25.yaml")
+    default, _ = load_config(DEFAULT)
+    assert warnings == [] and job.request == default.request and job.cluster == default.cluster
+    m = job.model
+    assert [m.checkpoint, m.video_vae, m.audio_vae, m.text_encoder] == [
+        f"s3://my-bucket/models/ltx-2.5/{name}.safetensors" for name in (
+            "ltx-2.5-22b-dev-transformer-bf16", "ltx-2.5-video-vae-conv-bf16", "ltx-2.5-audio-vae-bf16",
+            "gemma4-12b-with-proj-ltx-2.5-bf16")]
+
+
 def test_demo_yaml_is_valid_and_tiny():
     job, _ = load_config(DEMO)
     assert job.cluster.use_gpu is False and job.cluster.num_workers == 2
