@@ -57,6 +57,12 @@ def test_tiny_bundle_header_goes_through_the_estimators_reader_locally_over_http
     storage = StorageConfig(endpoint_override=s3_server, region="us-east-1")
     uri = upload(tiny_bundle.checkpoint, f"s3://{s3_bucket}/models/ltx.safetensors", storage)
     assert read_architecture(uri, storage).config == expected
+    # The cache keys' identity of a model file is read the same way: equal wherever the file is, no download.
+    from ltx_ray.model.loader import checkpoint_identity
+
+    local = checkpoint_identity(tiny_bundle.checkpoint)
+    assert checkpoint_identity(http_server.url("/ltx.safetensors")) == local == checkpoint_identity(uri, storage)
+    assert http_server.served["/ltx.safetensors"] == 2 * header
 
 
 def test_unreachable_checkpoint_falls_back_to_the_builtin_22b_and_a_bad_file_is_refused(tmp_path, tiny_bundle,

@@ -53,7 +53,7 @@ def build_latent_cache(job: JobConfig, store: RunStore | None = None) -> LatentC
     workdir = tempdirs.make("prep")
     try:
         archive = fetch(job.request.training_data_url, workdir, storage=job.storage)
-        key = cache_key(job, content_hash(archive), model_identity(files))
+        key = cache_key(job, content_hash(archive), model_identity(files, job.storage))
         cached = find_cache(store, key)
         if cached is None:
             with latent_cache.building(store, key) as cached:

@@ -7,6 +7,7 @@ estimate's architecture (`ltx_ray.estimate.architecture`) read their configs and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 import urllib.request
@@ -25,6 +26,31 @@ def read_header(uri: str | Path, storage=None) -> dict[str, Any]:
     `storage` (a `StorageConfig`) gives an S3 endpoint and region. Raises `ModelError` naming the file when
     it cannot be reached or is not a safetensors file.
     """
+    raw, _ = read_raw_header(uri, storage)
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise ModelError(Problem(str(uri), f"the safetensors header is not JSON: {exc}")) from None
+
+
+def read_metadata(uri: str | Path, storage=None) -> dict[str, str]:
+    """The `__metadata__` strings of a safetensors file's header (empty when it has none)."""
+    return dict(read_header(uri, storage).get("__metadata__") or {})
+
+
+def header_identity(uri: str | Path, storage=None) -> str:
+    """A cheap, stable id of a safetensors file: sha256 of its header's bytes, then of its size (cache keys).
+
+    Read by range wherever the file lives: a remote model is identified without downloading it.
+    """
+    raw, size = read_raw_header(uri, storage)
+    digest = hashlib.sha256(raw)
+    digest.update(str(size).encode())
+    return digest.hexdigest()
+
+
+def read_raw_header(uri: str | Path, storage=None) -> tuple[bytes, int]:
+    """(the header's JSON bytes, the file's size in bytes) of a safetensors file, local or remote."""
     text = str(uri)
     scheme = text.split("://", 1)[0].lower() if "://" in text else "file"
     try:
@@ -34,22 +60,21 @@ def read_header(uri: str | Path, storage=None) -> dict[str, Any]:
             from ltx_ray.storage import resolve_filesystem
 
             fs, path = resolve_filesystem(text, storage)
+            size = fs.get_file_info(path).size
             with fs.open_input_file(path) as f:
-                return _read_header(f.read, text)
-        with open(Path(text.removeprefix("file://")).expanduser(), "rb") as f:
-            return _read_header(f.read, text)
+                return _read_header(f.read, text), size
+        path = Path(text.removeprefix("file://")).expanduser()
+        if not path.is_file():
+            raise ModelError(Problem(text, "file not found"))
+        with open(path, "rb") as f:
+            return _read_header(f.read, text), path.stat().st_size
     except ModelError:
         raise
     except (OSError, ValueError) as exc:
         raise ModelError(Problem(text, f"cannot read the safetensors header: {exc}")) from None
 
 
-def read_metadata(uri: str | Path, storage=None) -> dict[str, str]:
-    """The `__metadata__` strings of a safetensors file's header (empty when it has none)."""
-    return dict(read_header(uri, storage).get("__metadata__") or {})
-
-
-def _read_header(read, name: str) -> dict[str, Any]:
+def _read_header(read, name: str) -> bytes:
     raw = read(8)
     if len(raw) != 8:
         raise ModelError(Problem(name, "not a safetensors file (shorter than its 8-byte header length)"))
@@ -59,21 +84,27 @@ def _read_header(read, name: str) -> dict[str, Any]:
     body = read(length)
     if len(body) != length:
         raise ModelError(Problem(name, "the safetensors header is cut short"))
-    return json.loads(body)
+    return body
 
 
-def _http_header(url: str) -> dict[str, Any]:
-    """Two ranged GETs: the 8-byte length, then the header itself."""
-    def ranged(start: int, end: int) -> bytes:
+def _http_header(url: str) -> tuple[bytes, int]:
+    """Two ranged GETs: the 8-byte length (and the file's size, from Content-Range), then the header itself."""
+    def ranged(start: int, end: int) -> tuple[bytes, int | None]:
         request = urllib.request.Request(url, headers={"Range": f"bytes={start}-{end}"})
         with urllib.request.urlopen(request, timeout=30) as response:
             data = response.read(end - start + 1)
             if response.status != 206 and start > 0:
                 raise OSError(f"the server ignored the byte range (HTTP {response.status})")
-            return data
+            total = (response.headers.get("Content-Range") or "").rpartition("/")[2]
+            length = response.headers.get("Content-Length") if response.status == 200 else None
+            size = int(total) if total.isdigit() else int(length) if length and length.isdigit() else None
+            return data, size
 
-    first = ranged(0, 7)
+    first, size = ranged(0, 7)
     (length,) = struct.unpack("<Q", first[:8]) if len(first) >= 8 else (None,)
     if length is None or length > _MAX_HEADER:
         raise ModelError(Problem(url, "not a safetensors file"))
-    return json.loads(ranged(8, 8 + length - 1))
+    if size is None:
+        raise OSError("the server states no size for the file (no Content-Range)")
+    body, _ = ranged(8, 8 + length - 1)
+    return body, size

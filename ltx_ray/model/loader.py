@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import struct
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -30,6 +29,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ltx_ray.errors import ModelError, Problem
+from ltx_ray.model.header import header_identity
 
 log = logging.getLogger(__name__)
 
@@ -68,25 +68,15 @@ def resolve_model_path(uri: str | Path) -> Path:
         return local
 
 
-def checkpoint_identity(checkpoint: str | Path) -> str:
-    """A cheap, stable id of a safetensors file: sha256 of its header plus its size (for cache keys).
+def checkpoint_identity(checkpoint: str | Path, storage=None) -> str:
+    """A cheap, stable id of a safetensors file (`header.header_identity`: its header and size), for cache keys.
 
-    Remote checkpoints are identified by a ranged read of their header, without a download.
+    Remote files are identified by ranged reads of their header, without a download.
     """
-    text = str(checkpoint)
-    if "://" in text and text.split("://", 1)[0].lower() in ("s3", "gs", "gcs"):
-        from ltx_ray.storage import resolve_filesystem
-
-        fs, path = resolve_filesystem(text)
-        size = fs.get_file_info(path).size
-        with fs.open_input_file(path) as f:
-            return _header_digest(f, text, size)
-    path = _existing_file(checkpoint)
-    with open(path, "rb") as f:
-        return _header_digest(f, str(path), path.stat().st_size)
+    return header_identity(checkpoint, storage)
 
 
-def model_identity(files) -> str:
+def model_identity(files, storage=None) -> str:
     """What latents and validation encodings depend on, for cache keys: the model's files and their generation.
 
     LTX-2.3: the single file's `checkpoint_identity` (as before 2.5, so existing caches stay valid). LTX-2.5:
@@ -94,21 +84,11 @@ def model_identity(files) -> str:
     connectors, the VAEs, the packed Gemma-4 with its projection).
     """
     if files.generation == "2.3":
-        return checkpoint_identity(files.transformer)
+        return checkpoint_identity(files.transformer, storage)
     parts = [files.generation, files.model_version]
     for uri in dict.fromkeys((files.transformer, files.video_vae, files.audio_vae, files.text_projection)):
-        parts.append(checkpoint_identity(uri))
+        parts.append(checkpoint_identity(uri, storage))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
-
-
-def _header_digest(f, name: str, size: int) -> str:
-    raw = f.read(8)
-    if len(raw) != 8:
-        raise ModelError(Problem(name, "not a safetensors file (shorter than its 8-byte header length)"))
-    (length,) = struct.unpack("<Q", raw)
-    digest = hashlib.sha256(f.read(length))
-    digest.update(str(size).encode())
-    return digest.hexdigest()
 
 
 def read_checkpoint_config(checkpoint: str | Path) -> dict[str, Any]:

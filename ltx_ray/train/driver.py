@@ -58,7 +58,7 @@ def prepare_validation(job: JobConfig, store: RunStore) -> str | None:
     from ltx_ray.model.loader import model_identity
     from ltx_ray.sample.conditioning import validation_key
 
-    identity = model_identity(model_files(job.model, job.storage))
+    identity = model_identity(model_files(job.model, job.storage), job.storage)
     uri = join(store.validation, validation_key(job, identity) + ".safetensors")
     if not store.is_file(uri):
         options = {"num_gpus": 1} if job.cluster.use_gpu else {"num_cpus": 1}
