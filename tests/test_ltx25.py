@@ -286,3 +286,18 @@ def test_previews_mark_the_targets_first_latent_frame_and_training_marks_nothing
              "context_mask": torch.ones(1, 4)}
     video, _ = av2av_inputs(batch, torch.Generator().manual_seed(0))
     assert getattr(video.modality, "keyframes_mask", None) is None
+
+
+def test_a_standalone_video_vae_with_bare_keys_loads_as_ltx_core_1_2_0_reads_it(tiny_bundle_25, tmp_path):
+    """1.2.0 reads a standalone VAE file's `encoder.*` / `decoder.*` / `per_channel_statistics.*` keys as well as
+    `vae.`-prefixed ones (which the published 2.5 files use is not known): both give the same VAE."""
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(tiny_bundle_25.video_vae), framework="pt") as f:
+        meta = f.metadata()
+    bare = tmp_path / "bare-vae.safetensors"
+    save_file({k.removeprefix("vae."): v for k, v in load_file(str(tiny_bundle_25.video_vae)).items()}, str(bare), meta)
+    for load in (loader.load_video_encoder, loader.load_video_decoder):
+        prefixed, stripped = load(tiny_bundle_25.video_vae).state_dict(), load(bare).state_dict()
+        assert prefixed.keys() == stripped.keys()
+        assert all(torch.equal(prefixed[k], stripped[k]) for k in prefixed)

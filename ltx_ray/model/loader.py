@@ -186,16 +186,29 @@ def transformer_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
 
 def load_video_encoder(checkpoint: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """The video VAE `VideoEncoder`: pixels in [-1, 1] `[B, 3, F, H, W]` to normalised latents."""
-    from ltx_core.model.video_vae import VAE_ENCODER_COMFY_KEYS_FILTER, VideoEncoderConfigurator
+    from ltx_core.model.video_vae import VideoEncoderConfigurator
 
-    return _build(checkpoint, VideoEncoderConfigurator, VAE_ENCODER_COMFY_KEYS_FILTER, "vae", dtype, device)
+    return _build(checkpoint, VideoEncoderConfigurator, _video_vae_keys("encoder"), "vae", dtype, device)
 
 
 def load_video_decoder(checkpoint: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """The video VAE `VideoDecoder`: normalised latents to pixels in [-1, 1]."""
-    from ltx_core.model.video_vae import VAE_DECODER_COMFY_KEYS_FILTER, VideoDecoderConfigurator
+    from ltx_core.model.video_vae import VideoDecoderConfigurator
 
-    return _build(checkpoint, VideoDecoderConfigurator, VAE_DECODER_COMFY_KEYS_FILTER, "vae", dtype, device)
+    return _build(checkpoint, VideoDecoderConfigurator, _video_vae_keys("decoder"), "vae", dtype, device)
+
+
+def _video_vae_keys(part: str):
+    """The video VAE `part`'s ("encoder"/"decoder") keys as ltx-core 1.2.0 reads them: `vae.<part>.*` (LTX-2.3's
+    single file) or, in a standalone VAE file, bare `<part>.*` (`VAE_ENCODER_COMFY_KEYS_FILTER`,
+    `VAE_DECODER_COMFY_KEYS_FILTER` of 1.2.0's video_vae/model_configurator.py; 1.0.0 reads only the first)."""
+    from ltx_core.loader.sd_ops import SDOps
+
+    return (SDOps(f"VAE_{part.upper()}_KEYS")
+            .with_matching(prefix=f"vae.{part}.").with_matching(prefix="vae.per_channel_statistics.")
+            .with_matching(prefix=f"{part}.").with_matching(prefix="per_channel_statistics.")
+            .with_replacement(f"vae.{part}.", "").with_replacement("vae.per_channel_statistics.", "per_channel_statistics.")
+            .with_replacement(f"{part}.", ""))
 
 
 def load_audio_encoder(checkpoint: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
