@@ -24,7 +24,7 @@ from ltx_ray.model.av2av import (
     ReferenceScaling,
     audio_latent_frames,
 )
-from ltx_ray.model.header import read_metadata
+from ltx_ray.model.header import read_config, read_metadata
 from ltx_ray.model.ltx23 import LTX23_22B_CONFIG
 
 BUILTIN_SOURCE = "built-in LTX-2.3 22B configuration (ltx_ray.model.ltx23.LTX23_22B_CONFIG)"
@@ -56,13 +56,7 @@ def read_architecture(checkpoint: str | Path, storage: StorageConfig | None = No
     `storage` gives an S3 endpoint and region (`storage.endpoint_override`). Raises `ModelError` naming the checkpoint when it cannot be reached or is not an LTX-2 checkpoint.
     """
     text = str(checkpoint)
-    meta = read_metadata(text, storage)
-    if "config" not in meta:
-        raise ModelError(Problem(text, "no 'config' entry in the safetensors metadata: not an LTX-2 checkpoint"))
-    try:
-        config = json.loads(meta["config"])
-    except json.JSONDecodeError as exc:
-        raise ModelError(Problem(text, f"the 'config' metadata is not valid JSON: {exc}")) from None
+    config = read_config(text, storage)
     if "transformer" not in config:
         raise ModelError(Problem(text, "the 'config' metadata has no 'transformer' section"))
     return Architecture(config, text)

@@ -38,6 +38,22 @@ def read_metadata(uri: str | Path, storage=None) -> dict[str, str]:
     return dict(read_header(uri, storage).get("__metadata__") or {})
 
 
+def read_config(uri: str | Path, storage=None) -> dict[str, Any]:
+    """The LTX model config a file's header holds (its `config` metadata, parsed); `ModelError` naming the file
+    when it has none or it is not JSON."""
+    return config_of(read_metadata(uri, storage), str(uri))
+
+
+def config_of(metadata: dict[str, str], name: str) -> dict[str, Any]:
+    """The parsed `config` of a file's header metadata; `ModelError` naming the file `name` otherwise."""
+    if "config" not in metadata:
+        raise ModelError(Problem(name, "no 'config' entry in the safetensors metadata: not an LTX-2 model file"))
+    try:
+        return json.loads(metadata["config"])
+    except json.JSONDecodeError as exc:
+        raise ModelError(Problem(name, f"the 'config' metadata is not valid JSON: {exc}")) from None
+
+
 def header_identity(uri: str | Path, storage=None) -> str:
     """A cheap, stable id of a safetensors file: sha256 of its header's bytes, then of its size (cache keys).
 

@@ -20,7 +20,6 @@ keys are missing; we check the keys first and raise `ModelError` naming them.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,7 +28,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ltx_ray.errors import ModelError, Problem
-from ltx_ray.model.header import header_identity
+from ltx_ray.model.header import config_of, header_identity
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +93,8 @@ def model_identity(files, storage=None) -> str:
 def read_checkpoint_config(checkpoint: str | Path) -> dict[str, Any]:
     """The JSON model config stored in the checkpoint's safetensors metadata (key `config`)."""
     path = _existing_file(checkpoint)
-    with _open(path) as f:
-        meta = f.metadata() or {}
-    if "config" not in meta:
-        raise ModelError(Problem(str(path), "no 'config' entry in the safetensors metadata: not an LTX-2 model file"))
-    try:
-        return json.loads(meta["config"])
-    except json.JSONDecodeError as exc:
-        raise ModelError(Problem(str(path), f"the 'config' metadata is not valid JSON: {exc}")) from None
+    with _open(path) as f:  # the whole file is checked (a truncated one is refused here), not only its header
+        return config_of(f.metadata() or {}, str(path))
 
 
 def load_transformer(
