@@ -46,14 +46,19 @@ class TinyBundle25:
         return [f"model.checkpoint={self.transformer}", f"model.video_vae={self.video_vae}",
                 f"model.audio_vae={self.audio_vae}", f"model.text_encoder={self.text_encoder}"]
 
+    def model_config(self, **changes):
+        """A `ModelConfig` naming this bundle's files, with `changes` (field=value) made to it."""
+        from ltx_ray.config.schema import ModelConfig
+
+        return ModelConfig(**{"checkpoint": str(self.transformer), "video_vae": str(self.video_vae),
+                              "audio_vae": str(self.audio_vae), "text_encoder": str(self.text_encoder), **changes})
+
     @property
     def files(self):
         """The bundle as `ltx_ray.model.files.ModelFiles`."""
-        from ltx_ray.config.schema import ModelConfig
         from ltx_ray.model.files import model_files
 
-        return model_files(ModelConfig(checkpoint=str(self.transformer), video_vae=str(self.video_vae),
-                                       audio_vae=str(self.audio_vae), text_encoder=str(self.text_encoder)))
+        return model_files(self.model_config())
 
 
 @pytest.fixture(scope="session")

@@ -11,14 +11,6 @@ from ltx_ray.model import loader
 from ltx_ray.model.files import LTX23, LTX25, model_files
 
 
-def _model(bundle, **changes):
-    from ltx_ray.config.schema import ModelConfig
-
-    fields = dict(checkpoint=str(bundle.transformer), video_vae=str(bundle.video_vae), audio_vae=str(bundle.audio_vae),
-                  text_encoder=str(bundle.text_encoder))
-    return ModelConfig(**{**fields, **changes})
-
-
 def test_the_generation_is_read_from_the_files_and_every_25_component_loads(tiny_bundle_25, tiny_bundle):
     files = tiny_bundle_25.files
     assert (files.generation, files.model_version, files.text_encoder_version) == (LTX25, "2.5.0-tiny",
@@ -116,7 +108,7 @@ def test_a_set_that_does_not_belong_together_is_refused_naming_the_field(tiny_bu
         "an unreadable transformer with VAE files": {"checkpoint": str(tmp_path / "model-missing.safetensors")},
     }[case]
     with pytest.raises(ModelError, match=message):
-        model_files(_model(b, **changes))
+        model_files(b.model_config(**changes))
 
 
 def _without_gemma_version(packed) -> str:
@@ -132,7 +124,7 @@ def test_vae_files_that_state_no_version_are_accepted(tiny_bundle_25, tmp_path):
     """Whether the published 2.5 VAE files carry a model_version is not known: one without it is taken."""
     video = _resaved(tiny_bundle_25.video_vae, tmp_path / "video.safetensors", model_version=None)
     audio = _resaved(tiny_bundle_25.audio_vae, tmp_path / "audio.safetensors", model_version=None)
-    files = model_files(_model(tiny_bundle_25, video_vae=str(video), audio_vae=str(audio)))
+    files = model_files(tiny_bundle_25.model_config(video_vae=str(video), audio_vae=str(audio)))
     assert (files.generation, files.video_vae, files.audio_vae) == (LTX25, str(video), str(audio))
     loader.load_video_encoder(files.video_vae)
     loader.load_vocoder(files.audio_vae)
