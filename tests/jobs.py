@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
@@ -56,3 +57,10 @@ def _tiny_items(tiny_bundle, sample_dataset, storage_path: str, run_name: str, v
 def s3_overrides(endpoint: str) -> list[str]:
     """Overrides that point storage at a moto S3 endpoint."""
     return [f"storage.endpoint_override={endpoint}", "storage.region=us-east-1"]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for the Ray heads the tests start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -14,7 +14,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,15 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs import ROOT, tiny_command
+from jobs import ROOT, free_port, tiny_command
 
 VENV_BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -68,7 +61,7 @@ def ray_head_here():
 
 
 def _start_head(tmp: str, env: dict) -> tuple[subprocess.Popen, int, Path]:
-    gcs, dashboard, metrics, agent_http, agent_grpc, runtime_env, client = (_free_port() for _ in range(7))
+    gcs, dashboard, metrics, agent_http, agent_grpc, runtime_env, client = (free_port() for _ in range(7))
     log = Path(tmp) / "head.log"
     head = subprocess.Popen(
         [
@@ -119,7 +112,7 @@ def test_an_instance_recorded_on_the_machine_that_no_longer_answers_counts_as_no
     from ltx_ray.ray_cluster import running_instance
 
     (tmp_path / "ray").mkdir()
-    (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{_free_port()}")  # nothing listens there
+    (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")  # nothing listens there
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert running_instance() is None

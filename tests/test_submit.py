@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,14 +21,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from jobs import ROOT, free_port
 VENV_BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -39,7 +32,7 @@ def ray_head():
     The head runs in the foreground (`--block`) in its own process group, so that stopping it
     cannot touch the session's test cluster (`ray stop` would stop every Ray on the machine).
     """
-    gcs, dashboard, agent_http, agent_grpc, metrics, runtime_env, client = (_free_port() for _ in range(7))
+    gcs, dashboard, agent_http, agent_grpc, metrics, runtime_env, client = (free_port() for _ in range(7))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PATH"] = f"{VENV_BIN}:{env['PATH']}"
     # Ray's token authentication, as an operator sets it up: the head and the CLI share a token.
