@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from ltx_ray import tempdirs
@@ -84,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         job, _warnings = load_config(args.config, args.overrides, training=args.command not in ("generate", "estimate"))
         if args.command == "validate":
+            if os.path.isfile(job.request.training_data_url):
+                from ltx_ray.latents.holdout import check_local_archive
+
+                check_local_archive(job.train.holdout_pairs, job.request.training_data_url)
             sys.stdout.write(explain(job) if args.explain else dump_yaml(job))
             return 0
         if args.command == "preprocess":

@@ -4,7 +4,7 @@
 
 SPEC: checkpoint, gemma, storage, steps, overrides (key=value), hear_preemption_at (rank -> the
 number of the micro-step, counted from 1, at whose check this rank first hears of a preemption),
-count_syncs (bool), estimated_bytes (the run's memory estimate), latent_cache (the URI of a latent cache
+count_syncs (bool), eval (split -> the numbers of the `_sample`s of the held-out evaluation's sets), estimated_bytes (the run's memory estimate), latent_cache (the URI of a latent cache
 holding `_sample(0..3)`, read through a `LatentReader` instead of the list), and two ways to interrupt the run as
 step `k + 1` is about to start (after `k` completed steps):
   kill_at_step: k          every rank SIGKILLs itself, as a crashed machine does; rank 0 first waits until
@@ -59,7 +59,7 @@ def main(spec_path: str) -> None:
     job, _ = load_config(ROOT / "conf" / "demo.yaml", [
         "request.training_data_url=unused.zip", f"model.checkpoint={spec['checkpoint']}",
         f"model.text_encoder={spec['gemma']}", f"storage.storage_path={spec['storage']}", "request.validation=[]",
-        "tracking.mode=disabled", *spec.get("overrides", [])])
+        "tracking.mode=disabled", "train.holdout_pairs=0", *spec.get("overrides", [])])
     # The spec's minimum of 100 steps is for requests; a test of the loop needs a few.
     job.request.number_of_steps = spec["steps"]
     record: dict = {"modes": [], "syncs_per_step": [], "done": []}
@@ -76,7 +76,10 @@ def main(spec_path: str) -> None:
 
         per_step = job.cluster.micro_batch_size * job.cluster.accumulation_steps(int(os.environ["WORLD_SIZE"]))
         samples = LatentReader(LatentIndex.read(spec["latent_cache"]), capacity=2 * per_step)
-    ctx = DistContext(samples, use_gpu=False, timeout_s=60, preemption=heard)
+    # spec "eval": {"holdout": [sample numbers], "train": [...]}: the held-out evaluation's sets.
+    evaluated = {split: [_sample(i) for i in numbers] for split, numbers in spec["eval"].items()} if spec.get("eval") \
+        else None
+    ctx = DistContext(samples, use_gpu=False, timeout_s=60, preemption=heard, eval_samples=evaluated)
     run = spec.get("run", "trainer-test")
     trainer = Trainer(RunSetup(job=job, run_name=run,
                                checkpoint_path=spec["checkpoint"], wandb_dir=str(Path(spec["storage"]) / "wandb"),
@@ -123,7 +126,9 @@ def main(spec_path: str) -> None:
     trainer.train()
     record.update(recomputed_blocks=trainer.recomputed_blocks, failures=[str(p) for p in ctx.failures],
                   micro_checks=calls["micro"], peak_gib=[m.memory_peak_gib for m in trainer.history],
-                  losses={done: loss for done, loss in zip(record["done"], (m.loss for m in trainer.history))})
+                  losses={done: loss for done, loss in zip(record["done"], (m.loss for m in trainer.history))},
+                  evaluations={e.step: {k: v for k, v in e.metrics().items() if k != "eval/seconds"}
+                               for e in trainer.evaluations})
     (Path(spec["out"]) / f"rank{rank}.json").write_text(json.dumps(record))
 
 

@@ -448,6 +448,30 @@ class PreviewConfig:
 
 
 @dataclass
+class TrainConfig:
+    """Held-out pairs and the evaluation that tells whether the LoRA learns and uses its reference.
+
+    With `holdout_pairs` > 0 the run evaluates at step 0, every `eval_every` steps and after the last:
+    the av2av loss per modality at a fixed ladder of sigmas with fixed noise, on the held-out pairs and
+    on as many training pairs, and again with each pair's reference swapped for another pair's
+    (`eval/<split>/reference_gain_<modality>`). The checkpoint with the lowest held-out loss is kept and
+    published as `ic_lora_av2av.best.safetensors`.
+    """
+
+    holdout_pairs: int = between(0, 0, 1000)
+    """Pairs cached with the others but never trained on, chosen by a stable hash of their names.
+
+    The same archive always holds out the same pairs, whatever their order in the zip. 0: no held-out
+    pair and no evaluation. At least one pair must be left to train on.
+    """
+    eval_every: Optional[int] = must(None, lambda v: v is None or 1 <= v <= 20000, "must be between 1 and 20000, got {value}")
+    """Steps between evaluations (one also runs at step 0 and after the last step). Unset: `preview.every`."""
+
+    def evaluation_interval(self, preview_every: int) -> int:
+        return self.eval_every if self.eval_every is not None else preview_every
+
+
+@dataclass
 class StorageConfig:
     """Where checkpoints, latents and outputs land: a local folder, s3:// or gs://."""
 
@@ -499,7 +523,8 @@ class TrackingConfig:
 
 @dataclass
 class JobConfig:
-    """The whole job: the request plus model, cluster, optimizer, checkpoints, previews, storage and tracking.
+    """The whole job: the request plus model, cluster, optimizer, checkpoints, previews, evaluation, storage and
+    tracking.
 
     A section's description is its class's docstring.
     """
@@ -510,6 +535,7 @@ class JobConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     preview: PreviewConfig = field(default_factory=PreviewConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 42

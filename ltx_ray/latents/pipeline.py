@@ -16,6 +16,7 @@ In the order data flows:
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import zipfile
@@ -33,6 +34,7 @@ from ltx_ray.config.naming import run_name as derive_run_name
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.latents import cache as latent_cache, report as run_report
 from ltx_ray.latents.cache import LatentCache, cache_key, cache_uri, find_cache
+from ltx_ray.latents.holdout import EvalSplit, check_holdout
 from ltx_ray.run_store import RunStore
 from ltx_ray.fetch import content_hash, fetch
 from ltx_ray.latents.stages import LARGE_BUFFER_ENV, Encode, decode_stage
@@ -42,6 +44,8 @@ from ltx_ray.ray_cluster import init_ray
 from ltx_ray.storage import is_local, join, local_path, resolve_filesystem, upload
 
 log = logging.getLogger(__name__)
+
+SPLIT_NAME = "split.json"  # in the debug dataset
 
 
 def build_latent_cache(job: JobConfig, store: RunStore | None = None) -> LatentCache:
@@ -65,6 +69,7 @@ def build_latent_cache(job: JobConfig, store: RunStore | None = None) -> LatentC
                         row["archive_uri"] = staged
                     return _run_pipeline(job, store, key, rows, report)
         log.info("latent cache hit: %s (%d pairs); no clip is decoded", cached.uri, cached.report["pairs_out"])
+        check_holdout(job.train.holdout_pairs, cached.report["pairs_out"])
         return cached
     finally:
         tempdirs.remove(workdir)
@@ -75,6 +80,7 @@ def _plan(job: JobConfig, archive: Path, workdir: Path) -> tuple[list[dict], dic
     from ltx_ray.clips.ingest import manifest_from_archive
 
     manifest = manifest_from_archive(archive, job.request, workdir, label=redact_url(job.request.training_data_url))
+    check_holdout(job.train.holdout_pairs, len(manifest.pairs))  # before any clip is decoded
     rows = [
         {"index": i, "name": p.name, "caption": p.caption, "start_member": p.start_member, "end_member": p.end_member}
         for i, p in enumerate(manifest.pairs)
@@ -98,8 +104,9 @@ def _stage_archive(job: JobConfig, store: RunStore, key: str, archive: Path) -> 
     return store.upload(archive, join(store.inputs, f"{key}.zip"))
 
 
-def publish_debug_dataset(job: JobConfig, cache: LatentCache, out_uri: str) -> str | None:
-    """Merge the per-pair debug zips of the cache into the `debug_dataset` output (when requested)."""
+def publish_debug_dataset(job: JobConfig, cache: LatentCache, out_uri: str, split: EvalSplit | None = None) -> str | None:
+    """Merge the per-pair debug zips of the cache into the `debug_dataset` output (when requested), with
+    `split.json`: which pairs are trained on and which held out (`split`, `ltx_ray.latents.holdout`)."""
     if not job.request.debug_dataset:
         return None
     fs, path = resolve_filesystem(join(cache.writer_uri, "debug"), job.storage)
@@ -112,10 +119,17 @@ def publish_debug_dataset(job: JobConfig, cache: LatentCache, out_uri: str) -> s
                 with fs.open_input_file(part) as f, zipfile.ZipFile(f) as zf:
                     for item in zf.infolist():
                         out.writestr(item, zf.read(item))
+            if split is not None:
+                out.writestr(SPLIT_NAME, json.dumps(split_listing(split), indent=2))
         upload(merged, out_uri, job.storage)
     finally:
         tempdirs.remove(tmp)
     return out_uri
+
+
+def split_listing(split: EvalSplit) -> dict[str, list[str]]:
+    """Which pairs a run trains on, holds out, and evaluates as its training sample, by name."""
+    return {"train": split.train.names, "holdout": split.holdout.names, "eval_train_sample": split.train_sample.names}
 
 
 def _run_pipeline(job: JobConfig, store: RunStore, key: str, rows: list[dict], report: dict[str, Any]) -> LatentCache:
@@ -162,4 +176,10 @@ def run_preprocess(job: JobConfig) -> LatentCache:
     state = "found (cache hit, nothing decoded)" if cache.hit else "built"
     print(f"latent cache {state}: {cache.uri}")
     print(f"pairs in {r.get('pairs_in')}, pairs out {r.get('pairs_out')}, failed {len(r.get('failed', []))}")
+    if job.train.holdout_pairs:
+        from ltx_ray.latents.holdout import split
+        from ltx_ray.latents.reader import LatentIndex
+
+        held = split(LatentIndex.read(cache.uri, job.storage), job.train.holdout_pairs).holdout.names
+        print(f"held out (train.holdout_pairs={job.train.holdout_pairs}, never trained on): {', '.join(held)}")
     return cache

@@ -50,11 +50,13 @@ class Shard:
 
 @dataclass(frozen=True)
 class SampleRow:
-    """Where sample k is: its pair's index in the manifest, its shard (a position in `LatentIndex.shards`), its row."""
+    """Where sample k is: its pair's index in the manifest, its shard (a position in `LatentIndex.shards`), its row,
+    and the pair's name."""
 
     pair: int
     shard: int
     row: int
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -68,11 +70,21 @@ class LatentIndex:
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def names(self) -> list[str]:
+        """The pairs' names, sample by sample."""
+        return [s.name for s in self.samples]
+
+    def subset(self, names: "Iterable[str]") -> "LatentIndex":
+        """The index of only the samples of the pairs named, in the same (pair index) order."""
+        keep = set(names)
+        return LatentIndex(uri=self.uri, shards=self.shards, samples=tuple(s for s in self.samples if s.name in keep))
+
     @classmethod
     def read(cls, uri: str, storage: StorageConfig | None = None) -> "LatentIndex":
         """The index of the cache at `uri` (complete and verified: `ltx_ray.latents.cache.find_cache`).
 
-        Reads its marker and, of each listed shard, the `index` and `error` columns; rows with an
+        Reads its marker and, of each listed shard, the `index`, `error` and `name` columns; rows with an
         error (pairs that failed in the pipeline) are no samples.
         """
         fs, root = resolve_filesystem(uri, storage)
@@ -82,14 +94,15 @@ class LatentIndex:
         def rows_of(shard: Shard) -> dict[str, list]:
             def read() -> dict[str, list]:
                 with fs.open_input_file(join(root, shard.path)) as f:
-                    return pq.read_table(f, columns=["index", "error"]).to_pydict()
+                    return pq.read_table(f, columns=["index", "error", "name"]).to_pydict()
 
             return retrying(f"reading {join(uri, shard.path)}", read, storage, where=join(uri, shard.path))
 
         with ThreadPoolExecutor(_LISTING_THREADS) as pool:
             listed = list(pool.map(rows_of, shards))
-        samples = sorted((SampleRow(pair, n, row) for n, columns in enumerate(listed)
-                          for row, (pair, error) in enumerate(zip(columns["index"], columns["error"])) if not error),
+        samples = sorted((SampleRow(pair, n, row, name) for n, columns in enumerate(listed)
+                          for row, (pair, error, name) in enumerate(zip(columns["index"], columns["error"],
+                                                                        columns["name"])) if not error),
                          key=lambda s: s.pair)
         if not samples:
             raise DatasetError(Problem(uri, "the latent cache holds no sample (every pair failed in preprocessing)"))

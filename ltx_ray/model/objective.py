@@ -46,10 +46,13 @@ class ModalityInputs:
 
 
 def av2av_inputs(batch: dict[str, torch.Tensor], generator: Generators,
-                 scaling: ReferenceScaling = ReferenceScaling()) -> tuple[ModalityInputs, ModalityInputs]:
+                 scaling: ReferenceScaling = ReferenceScaling(),
+                 sigma: torch.Tensor | None = None) -> tuple[ModalityInputs, ModalityInputs]:
     """Noise the targets and build the (video, audio) transformer inputs of one av2av step.
 
     `scaling`: how the batch's references were scaled, and the clips' frame rate (the token positions).
+    `sigma` `[B]`: each sample's σ, for both modalities, instead of drawing it (the evaluation's fixed
+    ladder, `ltx_ray.train.evaluation`); the generators then draw only ε.
     """
     missing = [k for k in BATCH_KEYS if k not in batch]
     if missing:
@@ -58,13 +61,13 @@ def av2av_inputs(batch: dict[str, torch.Tensor], generator: Generators,
     video_inputs = _modality_inputs(
         patchify_video(ref_video), patchify_video(video),
         video_sequence_positions(ref_video.shape, video.shape, scaling, device=video.device),
-        batch["video_context"], batch["context_mask"], generator,
+        batch["video_context"], batch["context_mask"], generator, sigma,
     )
     audio, ref_audio = batch["audio"], batch["ref_audio"]
     audio_inputs = _modality_inputs(
         patchify_audio(ref_audio), patchify_audio(audio),
         audio_sequence_positions(ref_audio.shape[2], audio.shape[2], audio.shape[0], device=audio.device),
-        batch["audio_context"], batch["context_mask"], generator,
+        batch["audio_context"], batch["context_mask"], generator, sigma,
     )
     return video_inputs, audio_inputs
 
@@ -100,27 +103,44 @@ def av2av_loss(model, batch: dict[str, torch.Tensor], generator: Generators,
     return loss, metrics
 
 
+def av2av_sample_losses(model, batch: dict[str, torch.Tensor], generator: Generators, sigma: torch.Tensor,
+                        scaling: ReferenceScaling = ReferenceScaling()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's (video, audio) av2av loss `[B]` (fp32) at the given σ `[B]`: the training loss's terms,
+    sample by sample, with σ fixed rather than drawn (the evaluation's; no gradient is taken here)."""
+    video_in, audio_in = av2av_inputs(batch, generator, scaling, sigma)
+    video_pred, audio_pred = model(video=video_in.modality, audio=audio_in.modality, perturbations=None)
+    return sample_mse(video_pred, video_in), sample_mse(audio_pred, audio_in)
+
+
 def masked_mse(prediction: torch.Tensor, inputs: ModalityInputs) -> torch.Tensor:
     """Mean squared error on the tokens of `inputs.loss_mask` (the target), per sample, then over the batch."""
+    return sample_mse(prediction, inputs).mean()
+
+
+def sample_mse(prediction: torch.Tensor, inputs: ModalityInputs) -> torch.Tensor:
+    """Each sample's mean squared error `[B]` (fp32) on the tokens of `inputs.loss_mask` (the target)."""
     mask = inputs.loss_mask.unsqueeze(-1).to(torch.float32)
     target = torch.zeros_like(prediction, dtype=torch.float32)
     target[:, inputs.reference_tokens:] = inputs.target.float()
     # Multiplying by the mask (not slicing) is the specification: nothing on a
     # reference position can reach the loss, whatever the model outputs there.
     squared = (prediction.float() - target).pow(2) * mask
-    per_sample = squared.sum(dim=(1, 2)) / (mask.sum(dim=(1, 2)) * prediction.shape[-1]).clamp(min=1.0)
-    return per_sample.mean()
+    return squared.sum(dim=(1, 2)) / (mask.sum(dim=(1, 2)) * prediction.shape[-1]).clamp(min=1.0)
 
 
 def _draw_sigma_and_noise(generator: Generators, b: int, n_target: int, shape: tuple[int, ...],
-                          device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """σ `[B]` and ε `[B, *shape]` (fp32): from one generator for the batch, or sample by sample from one each."""
+                          device: torch.device, sigma: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """σ `[B]` and ε `[B, *shape]` (fp32): from one generator for the batch, or sample by sample from one each.
+    A given `sigma` is used as it is (on `device`, fp32), and only ε is drawn."""
     if isinstance(generator, torch.Generator):
-        sigma = sample_sigmas(b, n_target, generator, device=device)
-        return sigma, torch.randn((b, *shape), generator=generator, device=device, dtype=torch.float32)
+        if sigma is None:
+            sigma = sample_sigmas(b, n_target, generator, device=device)
+        noise = torch.randn((b, *shape), generator=generator, device=device, dtype=torch.float32)
+        return sigma.to(device=device, dtype=torch.float32), noise
     if len(generator) != b:
         raise ValueError(f"{len(generator)} generators for a batch of {b}")
-    draws = [_draw_sigma_and_noise(g, 1, n_target, shape, device) for g in generator]
+    draws = [_draw_sigma_and_noise(g, 1, n_target, shape, device, None if sigma is None else sigma[i:i + 1])
+             for i, g in enumerate(generator)]
     return torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws])
 
 
@@ -131,10 +151,11 @@ def _modality_inputs(
     context: torch.Tensor,
     context_mask: torch.Tensor | None,
     generator: Generators,
+    sigma: torch.Tensor | None = None,
 ) -> ModalityInputs:
     b, n_target, _ = target.shape
     n_ref = reference.shape[1]
-    sigma, noise = _draw_sigma_and_noise(generator, b, n_target, tuple(target.shape[1:]), target.device)
+    sigma, noise = _draw_sigma_and_noise(generator, b, n_target, tuple(target.shape[1:]), target.device, sigma)
     s = sigma.view(b, 1, 1)
     x0 = target.float()
     noised = ((1 - s) * x0 + s * noise).to(target.dtype)

@@ -8,14 +8,16 @@ Layout in the run's storage folder (`<storage_path>/<run>/checkpoints/`):
       lora.safetensors          the LoRA at this step as users get it (`model.lora.export_lora`);
                                 the job's `lora_file` output is the final checkpoint's, copied
       progress.json             step, data position, seed, global batch, the world size that wrote it
-                                and why (`interval`, `final`, `preemption`); the samples and noise
-                                of every step follow from (seed, step, place in the global batch)
+                                and why (`interval`, `final`, `preemption`, `best`); the samples and
+                                noise of every step follow from (seed, step, place in the global batch);
+                                with held-out pairs, the best step so far and the last evaluation
       config.json               the redacted job config
       _MANIFEST.json            written last: every file's size and SHA-256
 
 A folder without its manifest, or whose files do not match it, is not a
 checkpoint: it is never resumed from or counted, and pruning removes it.
-Pruning never removes the newest verified checkpoint. Resuming lists these
+Pruning never removes the newest verified checkpoint, nor the best one (the lowest held-out loss, with
+`train.holdout_pairs`: a checkpoint is written at each new best). Resuming lists these
 folders itself, so it depends on nothing but them (not on Ray Train's
 snapshot, which a storage blip can leave unwritten); a checkpoint that fails
 to load is named and the previous one is tried.
@@ -106,7 +108,7 @@ def publish(local: Path, store: RunStore, step: int, keep: int) -> StoredCheckpo
     """Upload a checkpoint folder, manifest last, then prune to the newest `keep`; a failed upload leaves
     nothing behind."""
     files = {p.name: {"size": p.stat().st_size, "sha256": _local_sha256(p)} for p in sorted(local.iterdir())}
-    uri = join(store.checkpoints, f"step_{step:09d}")
+    uri = step_uri(store, step)
     try:
         # An earlier attempt may have left this step half-written (or damaged): start it clean.
         store.delete(uri)
@@ -121,19 +123,26 @@ def publish(local: Path, store: RunStore, step: int, keep: int) -> StoredCheckpo
         except OSError:
             pass
         raise
-    prune(store, keep)
+    best = (json.loads((local / STATE_FILE).read_text()).get("best") or {}) if STATE_FILE in files else {}
+    prune(store, keep, best=best.get("step"))
     return StoredCheckpoint(uri=uri, step=step, files=files)
 
 
-def prune(store: RunStore, keep: int) -> None:
-    """Keep the newest `keep` verified checkpoints (`checkpoint.keep`); remove older ones and
+def step_uri(store: RunStore, step: int) -> str:
+    """The folder of the run's checkpoint at `step`."""
+    return join(store.checkpoints, f"step_{step:09d}")
+
+
+def prune(store: RunStore, keep: int, best: int | None = None) -> None:
+    """Keep the newest `keep` verified checkpoints (`checkpoint.keep`) and the best one (`best`: its step, the
+    lowest held-out loss so far, as the newest checkpoint's progress records it); remove the others and
     non-checkpoints.
 
     Only the lease holder writes a run's checkpoints, one at a time, so a folder without a valid
     manifest at this point is left over from an attempt that died.
     """
     verified, rejected = scan(store)
-    for uri in [c.uri for c in verified[keep:]] + [uri for uri, _ in rejected]:
+    for uri in [c.uri for c in verified[keep:] if c.step != best] + [uri for uri, _ in rejected]:
         store.delete(uri)
 
 
@@ -219,6 +228,13 @@ def check_resumable(job: JobConfig, store: RunStore) -> StoredCheckpoint | None:
                                   f"{saved} samples per step, this config {job.cluster.global_batch_size}: set "
                                   f"cluster.global_batch_size={saved} to continue it (a step must stay the same "
                                   "step), or start afresh under another storage.run_name"))
+    held = state.get("holdout_pairs", 0)
+    if held != job.train.holdout_pairs:
+        raise ConfigError(Problem("train.holdout_pairs",
+                                  f"the run's checkpoint at step {state.get('step')} ({newest.uri}) was trained "
+                                  f"holding out {held} pair(s), this config {job.train.holdout_pairs}: set "
+                                  f"train.holdout_pairs={held} to continue it, or start afresh under another "
+                                  "storage.run_name"))
     return newest
 
 

@@ -30,6 +30,10 @@ class WorkerContext(Protocol):
         """The run's cached latent samples, by number (the trainer draws its batches from them by index): a
         `ltx_ray.latents.reader.LatentReader`, which reads a sample when it is asked for, or a list."""
 
+    def eval_samples(self) -> dict[str, Sequence[dict[str, Any]]] | None:
+        """The held-out evaluation's samples by split (`holdout`, `train`: a fixed sample of the training pairs;
+        `ltx_ray.train.evaluation`), or None when the run holds no pair out."""
+
     def preemption_announced(self) -> bool:
         """Whether this worker has heard that a node of the group is about to go (ranks may hear at different times)."""
 
@@ -46,13 +50,14 @@ class DistContext:
     """A worker of a plain `torch.distributed` group: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT from the
     environment (torchrun's), the process group initialised here when it is not already.
 
-    `samples` are the run's latent samples (a list, or a `LatentReader` of a cache); `preemption` says whether
-    a node is going (default: never);
+    `samples` are the run's latent samples (a list, or a `LatentReader` of a cache), `eval_samples` the held-out
+    evaluation's by split (default: none); `preemption` says whether a node is going (default: never);
     failures reported by the trainer are kept in `failures`.
     """
 
     def __init__(self, samples: Sequence[dict[str, Any]], *, use_gpu: bool, timeout_s: float = 1800.0,
-                 preemption: Callable[[], bool] = lambda: False):
+                 preemption: Callable[[], bool] = lambda: False,
+                 eval_samples: dict[str, Sequence[dict[str, Any]]] | None = None):
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if use_gpu:
             self.device = torch.device("cuda", self.local_rank)
@@ -64,11 +69,14 @@ class DistContext:
                                     timeout=datetime.timedelta(seconds=timeout_s),
                                     device_id=self.device if use_gpu else None)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        self._samples, self._preemption = samples, preemption
+        self._samples, self._preemption, self._eval_samples = samples, preemption, eval_samples
         self.failures: list[Problem] = []
 
     def latent_samples(self) -> Sequence[dict[str, Any]]:
         return self._samples
+
+    def eval_samples(self) -> dict[str, Sequence[dict[str, Any]]] | None:
+        return self._eval_samples
 
     def preemption_announced(self) -> bool:
         return bool(self._preemption())

@@ -21,6 +21,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ltx_ray import lease, tempdirs
 from ltx_ray.config.naming import run_name as derive_run_name
 from ltx_ray.config.schema import JobConfig
+from ltx_ray.latents import holdout
 from ltx_ray.latents.pipeline import build_latent_cache, publish_debug_dataset
 from ltx_ray.latents.reader import LatentIndex
 from ltx_ray.errors import Problem, StorageError
@@ -48,6 +49,7 @@ class TrainResult:
     seconds: float
     checkpoint_uri: str
     outputs: dict[str, Any]
+    evaluation: dict[str, Any] | None = None  # the last held-out evaluation's summary (train.holdout_pairs > 0)
 
 
 def prepare_validation(job: JobConfig, store: RunStore) -> str | None:
@@ -120,7 +122,14 @@ def _train(job: JobConfig, store: RunStore) -> TrainResult:
     fs, storage_root = store.filesystem(job.storage.storage_path)
     init_ray(job)
     cache = build_latent_cache(job, store)
-    publish_debug_dataset(job, cache, store.output(outputs.DEBUG_NAME))
+    # What the run trains on and what it holds out (refused here when no pair would be left to train on).
+    samples = holdout.split(LatentIndex.read(cache.uri, job.storage), job.train.holdout_pairs)
+    if samples.evaluated:
+        print(f"ltx-ray: {len(samples.train)} pair(s) to train on, {len(samples.holdout)} held out "
+              f"(train.holdout_pairs, never trained on: {', '.join(samples.holdout.names)}); evaluated with "
+              f"{len(samples.train_sample)} training pair(s) every "
+              f"{job.train.evaluation_interval(job.preview.every)} steps", flush=True)
+    publish_debug_dataset(job, cache, store.output(outputs.DEBUG_NAME), samples)
     validation_file = prepare_validation(job, store)
     # On the driver's own node: an actor elsewhere would go with that node when it is preempted.
     outcome = _Outcome.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
@@ -134,7 +143,9 @@ def _train(job: JobConfig, store: RunStore) -> TrainResult:
         train_loop_per_worker,
         # Every worker reads, by number, only the samples its places in each step need (ltx_ray.train.batches
         # picks them from (seed, step, place)), so a resumed run sees exactly the data it would have.
-        train_loop_config={"setup": setup, "outcome": outcome, "latents": LatentIndex.read(cache.uri, job.storage)},
+        train_loop_config={"setup": setup, "outcome": outcome, "latents": samples.train,
+                           "eval_latents": {"holdout": samples.holdout, "train": samples.train_sample}
+                           if samples.evaluated else None},
         # A preview is the longest time a rank may wait in one collective (the next one comes after it):
         # the watchdog's timeout follows the preview's size, never below Ray's default of 30 minutes.
         torch_config=TorchConfig(timeout_s=preview_timeout_s(job, job.cluster.min_workers)),
@@ -179,13 +190,14 @@ def _train(job: JobConfig, store: RunStore) -> TrainResult:
                                    f"training ended but the step-{job.request.number_of_steps} checkpoint is not "
                                    f"in storage (newest verified: {final.step if final else 'none'}); re-run the "
                                    "command to continue from it"))
-    published = outputs.publish(job, store, final)
+    published, evaluation = outputs.publish(job, store, final)
     return TrainResult(
         run_name=run,
         steps=job.request.number_of_steps,
         seconds=seconds,
         checkpoint_uri=final.uri,
         outputs=published,
+        evaluation=evaluation,
     )
 
 
@@ -238,5 +250,7 @@ def run_job(job: JobConfig) -> dict[str, Any]:
         f"\nTrained {result.steps} steps in {result.seconds:.0f} s. "
         f"LoRA: {payload['lora_file']}\nCheckpoints: {result.checkpoint_uri}"
     )
+    for line in outputs.evaluation_summary(result.evaluation, payload):
+        print(line)
     print(json.dumps(payload, indent=2))
     return payload

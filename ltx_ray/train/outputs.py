@@ -1,7 +1,10 @@
 """The job's outputs in `<storage_path>/<run>/outputs/`: the LoRA, its config file, the W&B run.
 
 The four output names follow SPEC-endpoint.md: `lora_file`, `config_file`,
-`video` (the validation reel) and `debug_dataset`.
+`video` (the validation reel) and `debug_dataset`. A run with held-out pairs
+(`train.holdout_pairs`) adds `best_lora_file` (the LoRA of the checkpoint with the
+lowest held-out loss, `ic_lora_av2av.best.safetensors`, described by `best.json`)
+and `best_step`; `lora_file` stays the final step's.
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ from typing import Any
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.model.lora import TRAINING_TYPE, LoraMetadata
 from ltx_ray.run_store import RunStore
+from ltx_ray.storage import join
 
 LORA_NAME = "ic_lora_av2av.safetensors"
+BEST_LORA_NAME = "ic_lora_av2av.best.safetensors"
+BEST_NAME = "best.json"
 CONFIG_NAME = "config.json"
 DEBUG_NAME = "debug_dataset.zip"
 
@@ -47,13 +53,15 @@ def local_wandb_dir(run: str) -> str:
     return os.path.join(tempfile.gettempdir(), "ltx-ray-wandb", run)
 
 
-def publish(job: JobConfig, store: RunStore, checkpoint) -> dict[str, Any]:
-    """Copy the final LoRA out of the last checkpoint and write the config file; returns output URIs.
+def publish(job: JobConfig, store: RunStore, checkpoint) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Copy the final LoRA out of the last checkpoint, and the best one with held-out pairs, and write the config
+    file; returns the output URIs and the last held-out evaluation's summary (None without one).
 
     The LoRA file is the one `ltx_ray.model.lora.export_lora` wrote into the final checkpoint
-    (`CheckpointWriter.submit`), copied byte for byte: the output is the checkpointed LoRA.
+    (`CheckpointWriter.submit`), copied byte for byte: the output is the checkpointed LoRA. The final
+    checkpoint's progress says which checkpoint holds the best (`ltx_ray.train.checkpoint.prune` keeps it).
     """
-    from ltx_ray.train.checkpoint import LORA_FILE
+    from ltx_ray.train.checkpoint import LORA_FILE, STATE_FILE
 
     result: dict[str, Any] = {"lora_file": None, "config_file": None, "video": None, "debug_dataset": None}
     target = store.output(LORA_NAME)
@@ -68,4 +76,38 @@ def publish(job: JobConfig, store: RunStore, checkpoint) -> dict[str, Any]:
     for key, name in (("video", REEL_NAME), ("debug_dataset", DEBUG_NAME)):
         if store.is_file(store.output(name)):
             result[key] = store.output(name)
-    return result
+    state = json.loads(store.read(checkpoint.file_uri(STATE_FILE)))
+    result.update(_publish_best(store, state.get("best")))
+    return result, state.get("evaluation")
+
+
+def _publish_best(store: RunStore, best: dict[str, Any] | None) -> dict[str, Any]:
+    """`best_lora_file` and `best_step`: the best checkpoint's LoRA copied out, with `best.json` beside it."""
+    from ltx_ray.train.checkpoint import LORA_FILE, step_uri
+
+    if not best:
+        return {"best_lora_file": None, "best_step": None}
+    source = join(step_uri(store, int(best["step"])), LORA_FILE)
+    target = store.output(BEST_LORA_NAME)
+    store.copy(source, target)
+    store.write(store.output(BEST_NAME), json.dumps({**best, "checkpoint": step_uri(store, int(best["step"])),
+                                                     "lora_file": target}, indent=2).encode())
+    return {"best_lora_file": target, "best_step": int(best["step"])}
+
+
+def evaluation_summary(evaluation: dict[str, Any] | None, result: dict[str, Any]) -> list[str]:
+    """The end-of-run lines about the held-out evaluation: its last figures, the best step, and a sentence per
+    modality that barely depends on its reference."""
+    from ltx_ray.train.evaluation import MODALITIES, reference_warnings
+
+    if not evaluation:
+        return []
+
+    def figures(key: str) -> str:
+        return ", ".join(f"{m} {evaluation[f'eval/holdout/{key}_{m}']:.4g}" for m in MODALITIES)
+
+    lines = [f"Held-out evaluation at step {evaluation['step']}: loss {figures('loss')}; reference gain "
+             f"{figures('reference_gain')} (wrong reference's loss / own; 1 = the reference is ignored)."]
+    if result.get("best_step") is not None:
+        lines.append(f"Lowest held-out loss at step {result['best_step']}: {result['best_lora_file']}")
+    return lines + [f"Note: {w}." for w in reference_warnings(evaluation)]

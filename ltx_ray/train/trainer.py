@@ -28,6 +28,7 @@ from ltx_ray.train import batches, train_state, zero3
 from ltx_ray.train.checkpoint import CheckpointWriter, restore
 from ltx_ray.train.context import WorkerContext
 from ltx_ray.train.engine import build_engine
+from ltx_ray.train.evaluation import Evaluator, should_evaluate
 from ltx_ray.train.step import StepShape, train_step
 from ltx_ray.train.tracking import Tracker
 
@@ -72,6 +73,7 @@ class Trainer:
         torch.set_num_threads(max(1, int(self.job.cluster.resources_per_worker.get("CPU", 1))))
         self.engine = None
         self.history: list = []  # this (re)start's `StepMetrics`, step by step
+        self.evaluations: list = []  # this (re)start's held-out evaluations (`evaluation.Evaluation`)
         self.recomputed_blocks = 0  # ltx-core block forwards run again in backward, in the first step
 
     def train(self) -> None:
@@ -95,7 +97,7 @@ class Trainer:
         # The global batch is the run's; this (re)start's world size only sets how it is accumulated.
         shape = StepShape(rank=rank, world=world, accumulation=c.accumulation_steps(world),
                           micro_batch_size=c.micro_batch_size, global_batch_size=c.global_batch_size)
-        start = self._resume()
+        start, resumed = self._resume()
         tracker = Tracker(job, run, Path(self.setup.wandb_dir), enabled=rank == 0)
         progress = _progress_bar(rank, start, total)
         previewer = self._previewer()
@@ -103,6 +105,9 @@ class Trainer:
         preemption = _PreemptionVote(ctx)
         memory = PeakMemory(engine, device)
         saved_step, preemption_saved = start, False  # the newest step whose state is in storage
+        evaluator = self._evaluator()
+        # The lowest held-out loss so far (step, losses) and the last evaluation: carried in every checkpoint.
+        best, last_eval = resumed.get("best"), resumed.get("evaluation")
 
         def checkpoint(done: int, reason: str) -> None:
             tensors, meta = train_state.gather(engine)  # collective
@@ -112,7 +117,23 @@ class Trainer:
                     "step": done, "data_position": {"epoch": batches.epoch_of(done, len(samples), shape.global_batch_size),
                                                     "samples_seen": done * shape.global_batch_size},
                     "seed": job.seed, "global_batch_size": shape.global_batch_size, "world_size": world,
-                    "resumed_from": start, "reason": reason})
+                    "resumed_from": start, "reason": reason, "holdout_pairs": job.train.holdout_pairs,
+                    "best": best, "evaluation": last_eval})
+
+        def evaluate(done: int) -> bool:
+            """Evaluate after `done` steps (every rank); whether the held-out loss is the run's lowest yet."""
+            nonlocal best, last_eval
+            result = evaluator.run(engine.module, done)
+            self.evaluations.append(result)
+            last_eval = result.summary()
+            tracker.log(result.metrics(), step=done)
+            if rank == 0:
+                _write(progress, f"ltx-ray: {result.line()}")
+            if done == 0 or (best is not None and result.holdout_loss >= best["loss"]):
+                return False  # step 0 is no candidate: there is no trained LoRA to keep
+            best = {"step": done, "loss": result.holdout_loss,
+                    **{f"loss_{m}": result.loss("holdout", m) for m in ("video", "audio")}}
+            return True
 
         def on_preemption_notice(step: int) -> None:
             # A node of this run is about to go (a spot reclaim, a drain), and a step of a large run takes
@@ -131,6 +152,8 @@ class Trainer:
                 checkpoint(step, "preemption")
                 saved_step = step
 
+        if evaluator is not None and start == 0:
+            evaluate(0)  # where the curves start: the base model with the untrained LoRA
         for step in range(start, total):
             first = step == start
             counter = _BlockCounter(engine) if first else None
@@ -148,13 +171,16 @@ class Trainer:
                 break  # every rank learned it in the step's all-reduce; rank 0 reports the error below
             tracker.log(metrics.logged(), step=done)
             if progress is not None:
-                progress.set_postfix(loss=f"{metrics.loss:.4f}", s_per_step=f"{metrics.step_time:.2f}",
-                                     mem_gib=f"{metrics.memory_peak_gib:.2f}")
+                progress.set_postfix_str(f"loss video {metrics.video_loss:.4f} audio {metrics.audio_loss:.4f}, "
+                                         f"{metrics.step_time:.2f} s/step, {metrics.memory_peak_gib:.2f} GiB",
+                                         refresh=False)
                 progress.update(1)
+            improved = evaluator is not None and should_evaluate(job, done) and evaluate(done)
             if previewer is not None and should_preview(job, done):
                 self._preview(previewer, done, final=done == total, tracker=tracker)
-            if should_checkpoint(job, done):
-                checkpoint(done, "final" if done == total else "interval")
+            if should_checkpoint(job, done) or improved:
+                # A new lowest held-out loss is checkpointed even between intervals: it is the best LoRA.
+                checkpoint(done, "final" if done == total else "interval" if should_checkpoint(job, done) else "best")
                 saved_step = done
 
         if progress is not None:
@@ -170,19 +196,27 @@ class Trainer:
         if wandb_run_dir is not None:
             self.store.upload(wandb_run_dir, self.store.output("wandb"))
 
-    def _resume(self) -> int:
-        """Load the newest verified checkpoint into the engine, if any; the step to go on from."""
+    def _resume(self) -> tuple[int, dict]:
+        """Load the newest verified checkpoint into the engine, if any; the step to go on from, and its state."""
         job, rank = self.job, self.context.rank
         resumed = restore(self.engine, self.store, rank)
         if not resumed:
-            return 0
+            return 0, {}
         start, total = int(resumed["step"]), job.request.number_of_steps
         if rank == 0:
             print(f"ltx-ray: resuming from step {start} of {total} on {self.context.world_size} worker(s) (checkpoint "
                   f"written on {resumed.get('world_size', '?')}, reason: {resumed.get('reason', '?')})", flush=True)
             if start >= total:
                 print("ltx-ray: this run is already complete; publishing its outputs again", flush=True)
-        return start
+        return start, resumed
+
+    def _evaluator(self) -> Evaluator | None:
+        """The held-out evaluation (every rank takes part), or None without held-out pairs."""
+        sets = self.context.eval_samples()
+        if not sets or not len(sets.get("holdout", ())):
+            return None
+        ctx = self.context
+        return Evaluator(self.job, sets, rank=ctx.rank, world=ctx.world_size, device=ctx.device, dtype=self.dtype)
 
     def _check_first_step(self, measured_gib: float, tracker: Tracker, done: int) -> None:
         """After step 1: gradient checkpointing must have recomputed blocks, and memory is set against the estimate."""
@@ -308,6 +342,14 @@ class _BlockCounter:
         for h in self.handles:
             h.remove()
         return max(0, self.calls - len(self.blocks) * micro_steps)
+
+
+def _write(progress, line: str) -> None:
+    """A line on the console above the progress bar (when there is one), not through it."""
+    if progress is not None:
+        progress.write(line)
+    else:
+        print(line, flush=True)
 
 
 def _progress_bar(rank: int, start: int, total: int):
