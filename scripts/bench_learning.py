@@ -28,7 +28,12 @@ What it does (all through the product's own commands, nothing mocked):
      reference_use   = mean_i [mean_{j!=i} mse(lora_i, target_j)] / mse(lora_i, target_i)
    reference_use is above 1 only when each output follows its own reference.
 
-Last line: `gain_video=… gain_audio=… reference_use_video=… reference_use_audio=…`.
+The training run holds out `--run-holdout` of its training pairs itself (`train.holdout_pairs`) and
+evaluates them during the run (`ltx_ray.train.evaluation`): its reference gains by step are printed
+before the last line, and the last evaluation's on it.
+
+Last line: `gain_video=… gain_audio=… reference_use_video=… reference_use_audio=…
+run_reference_gain_video=… run_reference_gain_audio=…`.
 Targets: every gain >= 2, every reference_use >= 1.5; the factor-1 run within
 10 minutes wall on a quiet 2-core machine (400 steps; more steps learn more).
 Work goes to `.cache/bench-learning/<tag>/`.
@@ -65,6 +70,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--aspect", default="1:1", help="1:1: low 512x512 stays a multiple of 32 when halved")
     p.add_argument("--train-pairs", type=int, default=32)
     p.add_argument("--held-out", type=int, default=4)
+    p.add_argument("--run-holdout", type=int, default=4,
+                   help="train.holdout_pairs of the training run: that many of the training pairs are held out by "
+                        "the product itself and evaluated during the run (its reference gains are printed last)")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--rank", type=int, default=32)
@@ -152,6 +160,16 @@ def result_json(stdout: str) -> dict:
     return json.JSONDecoder().raw_decode(stdout[start:])[0]
 
 
+def run_reference_gains(runs: Path, run: str) -> dict[int, dict[str, float]]:
+    """The training run's held-out reference gains at each evaluation, from its offline W&B history."""
+    from wandb_history import read_offline_history
+
+    files = sorted((runs / run / "outputs" / "wandb").glob("run-*.wandb"))
+    rows = read_offline_history(files[-1]) if files else []
+    return {int(r["_step"]): {m: r[f"eval/holdout/reference_gain_{m}"] for m in ("video", "audio")}
+            for r in rows if "eval/holdout/reference_gain_video" in r}
+
+
 def mse(a, b) -> float:
     return float(((a.double() - b.double()) ** 2).mean())
 
@@ -203,8 +221,9 @@ def main() -> int:
         f"cluster.num_workers={a.workers}",
         f"optimizer.warmup_steps={a.warmup}", f"optimizer.lr_scheduler={a.scheduler}",
         f"checkpoint.every={a.steps}", f"preview.every={a.steps}",
+        f"train.holdout_pairs={a.run_holdout}", f"train.eval_every={max(1, a.steps // 8)}",
         f"storage.storage_path={work / 'runs'}", f"storage.run_name=bench-{tag}",
-        "tracking.mode=disabled",
+        "tracking.mode=offline",  # the run's evaluation is read back from its W&B history
     ]
 
     # ---- 2. train -----------------------------------------------------------------------------
@@ -312,11 +331,16 @@ def main() -> int:
     print("\n[time] " + " ".join(f"{k}={v:.0f}s" for k, v in phases.items()) + f" total={total:.0f}s "
           f"(reference factors {a.downscale}, {a.temporal}; {frames} frames at {width}x{height}; "
           f"{a.steps} steps lr {a.lr} rank {a.rank}; {a.inference_steps} inference steps)")
-    (work / "results.json").write_text(json.dumps({**results, "phases_s": phases, "total_s": total,
-                                                   "args": vars(a)}, indent=1))
     line = " ".join(f"{k}={results[k]:.2f}" for k in
                     ("gain_video", "gain_audio", "reference_use_video", "reference_use_audio"))
-    print(line)
+    run_gains = run_reference_gains(work / "runs", f"bench-{tag}")
+    print("[run] the training run's own held-out evaluation (train.holdout_pairs="
+          f"{a.run_holdout}), by step: " + "; ".join(
+              f"{step}: video {g['video']:.2f} audio {g['audio']:.2f}" for step, g in run_gains.items()))
+    (work / "results.json").write_text(json.dumps({**results, "run_reference_gains": run_gains, "phases_s": phases,
+                                                   "total_s": total, "args": vars(a)}, indent=1))
+    last = run_gains[max(run_gains)] if run_gains else {"video": float("nan"), "audio": float("nan")}
+    print(line + f" run_reference_gain_video={last['video']:.2f} run_reference_gain_audio={last['audio']:.2f}")
     print(f"wall time: {time.perf_counter() - t_all:.0f} s")
     return 0
 

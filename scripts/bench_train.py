@@ -11,9 +11,14 @@ same objective (`av2av_loss`), micro-batch 1, one CPU thread:
 Medians skip the first 10 steps (warm-up). The job's run checkpoints every
 `--checkpoint-every` steps; `checkpoint_stall_s` is the median time from the
 log of a step that writes a checkpoint to the next step's, less the same for
-steps that write none (the upload itself runs in the background). Last line:
-`overhead_vs_bare=<ratio> data_stall_share=<fraction> checkpoint_stall_s=<seconds>`, then the
-benchmark's wall time (the defaults keep it within 10 minutes on a quiet 2-core machine).
+steps that write none (the upload itself runs in the background). The held-out evaluation's cost (`train.holdout_pairs`, `ltx_ray.train.evaluation`): the same job
+again with 2 of the 4 pairs held out and the evaluation at its default interval (`preview.every`:
+at steps 0 and 100 of 100), side by side with the first: `eval_share` = the run's evaluation seconds
+(`eval/seconds`, every evaluation) / its training seconds (`step_time`, every step) + those, and
+the two runs' steps per second over the whole training loop (`fit`, worker start-up included).
+Last line: `overhead_vs_bare=<ratio> data_stall_share=<fraction> checkpoint_stall_s=<seconds>
+eval_share=<fraction> eval_steps_per_s_ratio=<with / without>`, then the benchmark's wall time
+(the defaults keep it within 10 minutes on a quiet 2-core machine).
 """
 
 from __future__ import annotations
@@ -86,12 +91,25 @@ def main() -> int:
             f"model.text_encoder={gemma}", f"storage.storage_path={tmp / 'runs'}", "storage.run_name=bench",
             "request.validation=[]", f"request.number_of_steps={args.steps}", "cluster.num_workers=1",
             "cluster.resources_per_worker={CPU: 1}", "cluster.gradient_checkpointing=false",
-            f"checkpoint.every={args.checkpoint_every}",
+            f"checkpoint.every={args.checkpoint_every}", "train.holdout_pairs=0",
         ],
     )
+    # The same job holding 2 pairs out, evaluated at the default interval (train.eval_every unset: preview.every).
+    evaluated, _ = load_config(ROOT / "conf" / "demo.yaml", [
+        f"request.training_data_url={data.archive}", f"model.checkpoint={checkpoint}", f"model.text_encoder={gemma}",
+        f"storage.storage_path={tmp / 'runs'}", "storage.run_name=bench-eval", "request.validation=[]",
+        f"request.number_of_steps={args.steps}", "cluster.num_workers=1", "cluster.resources_per_worker={CPU: 1}",
+        "cluster.gradient_checkpointing=false", f"checkpoint.every={args.checkpoint_every}",
+        "train.holdout_pairs=2", "train.eval_every=null"])
     ray.init(address="local", num_cpus=2, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
-    run_training(job)
+    plain_fit = run_training(job).seconds
+    eval_fit = run_training(evaluated).seconds
+    eval_rows = read_offline_history(Path(RunStore(evaluated.storage, "bench-eval").output("wandb")) / "run-bench-eval.wandb")
+    eval_seconds = sum(r["eval/seconds"] for r in eval_rows if "eval/seconds" in r)
+    eval_train_seconds = sum(r["step_time"] for r in eval_rows if "step_time" in r)
+    evaluations = [r["_step"] for r in eval_rows if "eval/seconds" in r]
+    eval_share = eval_seconds / (eval_seconds + eval_train_seconds)
     history = [r for r in read_offline_history(Path(RunStore(job.storage, "bench").output("wandb")) / "run-bench.wandb")
                if "step_time" in r]
     ray_steps = [r["step_time"] for r in history][WARMUP:]
@@ -111,8 +129,12 @@ def main() -> int:
     print(f"median step: Ray Train + DeepSpeed {ray_median * 1000:.1f} ms, bare PyTorch {bare_median * 1000:.1f} ms")
     print(f"{len(with_checkpoint)} steps that checkpoint: {statistics.median(with_checkpoint) * 1000:.0f} ms to the "
           f"next step's log, others {statistics.median(without) * 1000:.0f} ms")
+    print(f"evaluation (2 held-out pairs, at steps {evaluations}): {eval_seconds:.2f} s against "
+          f"{eval_train_seconds:.1f} s of training steps; whole loop {args.steps / plain_fit:.2f} steps/s without, "
+          f"{args.steps / eval_fit:.2f} with (worker start-up included)")
     print(f"overhead_vs_bare={ray_median / bare_median:.2f} data_stall_share={statistics.median(stall):.4f} "
-          f"checkpoint_stall_s={checkpoint_stall:.3f}")
+          f"checkpoint_stall_s={checkpoint_stall:.3f} eval_share={eval_share:.4f} "
+          f"eval_steps_per_s_ratio={plain_fit / eval_fit:.3f}")
     print(f"wall time: {time.perf_counter() - started:.0f} s")
     return 0
 

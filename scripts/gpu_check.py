@@ -8,7 +8,8 @@ Needs no Ray and no W&B (`scripts/gpu_check.sh` packs what an air-gapped GPU mac
 1. the tiny LTX-2.3 bundle trained by `Trainer` (ltx_ray.train.trainer) over a plain torch.distributed
    context (`DistContext`), bf16 on CUDA, gradient checkpointing on, ZeRO-2 then ZeRO-3, 3 steps each:
    finite loss, non-zero LoRA gradients, ltx-core's blocks recomputed in backward, the step-3 checkpoint
-   written and loaded back into a new engine bit for bit, one preview with all four guidance passes
+   written and loaded back into a new engine bit for bit, the held-out evaluation at steps 0 and 3 (bf16 forwards
+   and one all-reduce on the device), one preview with all four guidance passes
    (spread over the ranks under ZeRO-2) decoded tiled into the reel;
 2. `ltx-ray generate` (`ltx_ray.sample.generate`) on the ZeRO-2 run's LoRA: an mp4 with video and audio;
 3. a real-width step: the LTX-2.3 22B block configuration (`--cpu`: the tiny one) with 2 and 4 blocks at
@@ -95,7 +96,7 @@ def _tiny_job(work: Path, checkpoint, gemma, reference, *, cpu: bool, stage: int
         f"cluster.use_gpu={str(not cpu).lower()}", f"cluster.precision={'fp32' if cpu else 'bf16'}",
         f"cluster.zero_stage={stage}", f"cluster.num_workers={world}", "cluster.gradient_checkpointing=true",
         f"storage.storage_path={work / 'runs'}", "tracking.mode=disabled", f"checkpoint.every={STEPS}",
-        f"preview.every={STEPS}", "preview.inference_steps=2"])
+        f"preview.every={STEPS}", "preview.inference_steps=2", "train.holdout_pairs=2", f"train.eval_every={STEPS}"])
     job.request.number_of_steps = STEPS  # the spec's 100-step minimum is for requests, not for this check
     return job
 
@@ -134,7 +135,10 @@ def _rank_main(a) -> int:
     inputs = json.loads((work / "inputs.json").read_text())
     cpu = a.cpu
     world = int(os.environ["WORLD_SIZE"])
-    ctx = DistContext(_tiny_samples(inputs["checkpoint"]), use_gpu=not cpu, timeout_s=600)
+    samples = _tiny_samples(inputs["checkpoint"])
+    # Four to train on, two held out: the evaluation's forwards, on the device, and its one all-reduce (NCCL).
+    ctx = DistContext(samples[:4], use_gpu=not cpu, timeout_s=600,
+                      eval_samples={"holdout": samples[4:], "train": samples[:2]})
     checks = Checks(ctx.rank)
     if ctx.rank == 0:
         device = torch.cuda.get_device_name(ctx.device) if not cpu else "CPU"
@@ -160,7 +164,7 @@ def _rank_main(a) -> int:
 
 
 def _tiny_samples(checkpoint: str) -> list[dict]:
-    """Four random latent samples of the demo config's shapes for the tiny bundle (the same on every rank)."""
+    """Six random latent samples of the demo config's shapes for the tiny bundle (the same on every rank)."""
     import torch
 
     from ltx_ray.config import load_config
@@ -171,8 +175,8 @@ def _tiny_samples(checkpoint: str) -> list[dict]:
                                                         f"model.checkpoint={checkpoint}", "request.validation=[]"])
     arch = read_architecture(checkpoint)
     torch.manual_seed(0)
-    batch = random_batch(arch, training_shapes(job, arch), 4, torch.float32)
-    return [{**{k: v[i] for k, v in batch.items()}, "index": i} for i in range(4)]
+    batch = random_batch(arch, training_shapes(job, arch), 6, torch.float32)
+    return [{**{k: v[i] for k, v in batch.items()}, "index": i} for i in range(6)]
 
 
 def _train_tiny(checks: Checks, ctx, work: Path, inputs: dict, stage: int, world: int, cpu: bool, lora: dict):
@@ -206,6 +210,11 @@ def _train_tiny(checks: Checks, ctx, work: Path, inputs: dict, stage: int, world
     checks.check(f"{name} gradient checkpointing active", trainer.recomputed_blocks > 0,
                  f"{trainer.recomputed_blocks} block forwards recomputed in step 1")
     checks.check(f"{name} memory measured", h[0].memory_peak_gib > 0, f"{h[0].memory_peak_gib:.3f} GiB in step 1")
+    evaluations = trainer.evaluations
+    figures = [v for e in evaluations for v in e.metrics().values()]
+    checks.check(f"{name} held-out evaluation at steps 0 and {STEPS}",
+                 [e.step for e in evaluations] == [0, STEPS] and all(math.isfinite(v) and v > 0 for v in figures),
+                 "; ".join(e.line() for e in evaluations))
     # The checkpoint, loaded back into a fresh engine, gives back exactly the state it holds.
     store = RunStore(job.storage, run)
     final = ckpt.latest(store)

@@ -39,6 +39,7 @@ def test_gpu_check_passes_on_cpu_through_the_products_trainer_without_ray_or_wan
     assert out.returncode == 0, "\n".join(lines) + out.stderr[-3000:]
     assert not [x for x in lines if "FAIL" in x]
     for check in ("zero2 gradient checkpointing active", "zero3 checkpoint round trip", "zero2 preview",
+                  "zero2 held-out evaluation at steps 0 and 3", "zero3 held-out evaluation at steps 0 and 3",
                   "generate on the LoRA", "real-width memory"):
         assert any(check in x for x in lines), check
     last = re.fullmatch(r"gpu_check: (\d+)/(\d+) ok estimate_vs_measured=([\d.]+) ms_per_block=([\d.]+) mfu=n/a",

@@ -26,7 +26,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("sampling", ("ltx_ray.sample",)),
     ("sizing", ("ltx_ray.estimate",)),
     ("step", ("ltx_ray.train.zero3", "ltx_ray.train.deepspeed_config", "ltx_ray.train.train_state",
-              "ltx_ray.train.engine", "ltx_ray.train.step")),
+              "ltx_ray.train.engine", "ltx_ray.train.step", "ltx_ray.train.evaluation")),
     ("checkpoint", ("ltx_ray.train.checkpoint",)),
     ("outputs", ("ltx_ray.train.tracking", "ltx_ray.train.outputs")),
     ("trainer", ("ltx_ray.train.context", "ltx_ray.train.trainer")),
