@@ -26,7 +26,10 @@ What it does (all through the product's own commands, nothing mocked):
    (video, audio), with mse the mean squared error over a latent:
      gain            = mean_i [mse(base_i, target_i) / mse(lora_i, target_i)]
      reference_use   = mean_i [mean_{j!=i} mse(lora_i, target_j)] / mse(lora_i, target_i)
-   reference_use is above 1 only when each output follows its own reference.
+   reference_use is above 1 only when each output follows its own reference. What bounds it,
+   printed as `[limits]`: own_share (how much of a target's variance is its own rather than
+   shared by every pair's) and error_over_spread (the LoRA's error / the mean distance between
+   two pairs' targets; reference_use >= 1.5 needs about <= 2).
 
 The training run holds out `--run-holdout` of its training pairs itself (`train.holdout_pairs`) and
 evaluates them during the run (`ltx_ray.train.evaluation`): its reference gains by step are printed
@@ -317,6 +320,14 @@ def main() -> int:
         results[f"reference_use_{m}"] = sum(
             (sum(cross[i][j] for j in range(n) if j != i) / (n - 1)) / own[i] for i in range(n)) / n
         table.append((m, own, base, cross))
+        # What bounds reference use: how much of a target is its own (not shared by every pair's target), and
+        # the LoRA's error against the distance between two pairs' targets. An output j's target away adds
+        # about that distance to the error, so reference_use >= 1.5 needs own error <= 2x the distance.
+        mean_target = torch.stack([t[m] for t in targets]).mean(0)
+        spread = sum(mse(targets[i][m], targets[j][m]) for i in range(n) for j in range(n) if j != i) / (n * (n - 1))
+        results[f"own_share_{m}"] = (sum(mse(t[m], mean_target) for t in targets)
+                                     / sum(float(t[m].double().var()) for t in targets))
+        results[f"error_over_spread_{m}"] = (sum(own) / n) / spread
     phases["metrics"] = time.perf_counter() - t0
     total = time.perf_counter() - t_all
 
@@ -328,6 +339,10 @@ def main() -> int:
             print(f"  {'lora ' + nm:14s}" + "".join(f"{cross[i][j]:12.4f}" for j in range(n)))
         for i, nm in enumerate(names):
             print(f"  {'base ' + nm:14s}" + f"{base[i]:12.4f} (own target)  gain {base[i] / own[i]:.2f}")
+    print("\n[limits] " + "; ".join(
+        f"{m}: {results[f'own_share_{m}']:.0%} of a held-out target's variance is its own (the rest every pair's "
+        f"target shares), LoRA error {results[f'error_over_spread_{m}']:.2f}x the distance between two targets"
+        for m in ("video", "audio")) + " (reference_use >= 1.5 needs about <= 2x)")
     print("\n[time] " + " ".join(f"{k}={v:.0f}s" for k, v in phases.items()) + f" total={total:.0f}s "
           f"(reference factors {a.downscale}, {a.temporal}; {frames} frames at {width}x{height}; "
           f"{a.steps} steps lr {a.lr} rank {a.rank}; {a.inference_steps} inference steps)")

@@ -10,6 +10,7 @@ and `best_step`; `lora_file` stays the final step's.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -19,6 +20,8 @@ from ltx_ray.config.schema import JobConfig
 from ltx_ray.model.lora import TRAINING_TYPE, LoraMetadata
 from ltx_ray.run_store import RunStore
 from ltx_ray.storage import join
+
+log = logging.getLogger(__name__)
 
 LORA_NAME = "ic_lora_av2av.safetensors"
 BEST_LORA_NAME = "ic_lora_av2av.best.safetensors"
@@ -88,6 +91,10 @@ def _publish_best(store: RunStore, best: dict[str, Any] | None) -> dict[str, Any
     if not best:
         return {"best_lora_file": None, "best_step": None}
     source = join(step_uri(store, int(best["step"])), LORA_FILE)
+    if not store.is_file(source):
+        # Pruning keeps it; only a resume from an older checkpoint (a newer one damaged) can name one pruned since.
+        log.warning("the best checkpoint (step %s) is no longer in storage: no best LoRA is published", best["step"])
+        return {"best_lora_file": None, "best_step": None}
     target = store.output(BEST_LORA_NAME)
     store.copy(source, target)
     store.write(store.output(BEST_NAME), json.dumps({**best, "checkpoint": step_uri(store, int(best["step"])),
