@@ -20,7 +20,7 @@ from jobs import tiny_job
 from ltx_ray.errors import ConfigError
 from ltx_ray.latents import holdout
 from ltx_ray.latents.reader import LatentIndex, SampleRow
-from ltx_ray.train.evaluation import SIGMAS, Evaluator, reference_warnings
+from ltx_ray.train.evaluation import SIGMAS, Evaluator, improves, reference_warnings
 from test_train_batches import _sample
 from test_trainer import _run
 from wandb_history import read_offline_history
@@ -108,6 +108,18 @@ def test_every_unit_is_evaluated_by_exactly_one_rank_and_zero3_ranks_run_as_many
             assert len({len(units) for units in mine}) == 1  # ZeRO-3's forward is a collective
 
 
+def test_a_held_out_pair_among_the_samples_trained_on_stops_the_run(tmp_path, tiny_bundle):
+    """The trainer checks what it was given: sample 0 both trained on and held out is refused before any step."""
+    procs_out = _run(tmp_path, tiny_bundle, world=1, steps=1, eval={"holdout": [0], "train": [1]}, expect_failure=True)
+    assert "the held-out pairs [0] are among the samples trained on" in procs_out[0]["log"]
+
+
+def test_a_loss_that_is_not_finite_is_never_the_best():
+    assert improves(2.0, None) and improves(1.0, {"loss": 2.0}) and not improves(2.0, {"loss": 2.0})
+    assert not improves(float("nan"), None) and not improves(float("nan"), {"loss": 2.0})
+    assert not improves(float("inf"), None)
+
+
 def test_a_modality_near_one_gets_a_sentence_pointing_at_the_advice():
     summary = {"step": 100, "eval/holdout/reference_gain_video": 2.4, "eval/holdout/reference_gain_audio": 1.03}
     [sentence] = reference_warnings(summary)
@@ -118,7 +130,7 @@ def test_a_modality_near_one_gets_a_sentence_pointing_at_the_advice():
 
 def test_the_evaluation_is_the_same_whatever_the_world_size_and_zero_stage(tmp_path, tiny_bundle):
     """Step 0's weights are the same everywhere: its evaluation must be too, to the bit (each figure is one rank's)."""
-    sets = {"holdout": [4, 5], "train": [0]}
+    sets = {"holdout": [4], "train": [0]}  # 4 units: under ZeRO-3 on 3 ranks one rank runs a padding forward
     overrides = ["train.eval_every=2", "checkpoint.every=100"]
     [one] = _run(tmp_path / "w1", tiny_bundle, world=1, steps=2, eval=sets, overrides=overrides)
     three = _run(tmp_path / "w3", tiny_bundle, world=3, steps=1, eval=sets,
@@ -187,14 +199,42 @@ def test_the_held_out_pairs_are_never_in_a_training_batch_and_the_debug_dataset_
     with zipfile.ZipFile(result["debug_dataset"]) as zf:
         listed = json.loads(zf.read("split.json"))
     assert len(listed["holdout"]) == 2 and len(listed["train"]) == 1 and not set(listed["holdout"]) & set(listed["train"])
-    # What the workers train on: the split's training index, sample by sample as the steps draw them.
-    trained = holdout.split(LatentIndex.read(build_latent_cache(job).uri), 2).train  # a cache hit: nothing decoded
-    assert trained.names == listed["train"]
+    # What the workers trained on, as they recorded it in the final checkpoint: the pairs of their samples.
+    state = json.loads((run / "checkpoints" / f"step_{EVAL_STEPS:09d}" / "progress.json").read_text())
+    index = LatentIndex.read(build_latent_cache(job).uri)  # a cache hit: nothing decoded
+    name_of = {row.pair: row.name for row in index.samples}
+    assert [name_of[p] for p in state["trained_pairs"]] == listed["train"]
+    assert sorted(state["holdout"]) == sorted(listed["holdout"]) == sorted(json.loads(
+        (run / "outputs" / "best.json").read_text())["held_out_pairs"])
+    # and every batch of the run is drawn from those samples alone (sample k of the k-th trained pair)
     gbs = job.cluster.global_batch_size
     for step in range(EVAL_STEPS):
-        drawn = batches.sample_indices(len(trained), seed=job.seed, step=step, positions=list(range(gbs)),
-                                       global_batch_size=gbs)
-        assert {trained.samples[i].name for i in drawn} <= set(listed["train"])
+        drawn = batches.sample_indices(len(state["trained_pairs"]), seed=job.seed, step=step,
+                                       positions=list(range(gbs)), global_batch_size=gbs)
+        assert {name_of[state["trained_pairs"][i]] for i in drawn} <= set(listed["train"])
+
+
+def test_a_run_is_not_continued_with_other_held_out_pairs_unless_it_is_complete(tmp_path, tiny_bundle, sample_dataset):
+    from ltx_ray.run_store import RunStore
+    from ltx_ray.train.checkpoint import STATE_FILE, check_holdout_names, check_resumable, publish
+
+    job = tiny_job(tiny_bundle, sample_dataset, str(tmp_path), "resume", "train.holdout_pairs=1", steps=10)
+    store = RunStore(job.storage, "resume")
+    local = tmp_path / "local"
+    local.mkdir()
+    state = {"step": 5, "global_batch_size": job.cluster.global_batch_size, "holdout_pairs": 1, "holdout": ["b"]}
+    (local / STATE_FILE).write_text(json.dumps(state))
+    publish(local, store, 5, keep=3)
+    assert check_resumable(job, store).step == 5
+    check_holdout_names(store, ["b"])
+    with pytest.raises(ConfigError, match="held out \\['b'\\], this archive's cache now gives \\['c'\\]"):
+        check_holdout_names(store, ["c"])
+    other = tiny_job(tiny_bundle, sample_dataset, str(tmp_path), "resume", "train.holdout_pairs=2", steps=10)
+    with pytest.raises(ConfigError) as err:
+        check_resumable(other, store)
+    assert err.value.problems[0].where == "train.holdout_pairs"
+    other.request.number_of_steps = 5  # the checkpoint is the last step: only its outputs are published again
+    assert check_resumable(other, store).step == 5
 
 
 def test_pruning_keeps_the_best_checkpoint_beside_the_newest(tmp_path):

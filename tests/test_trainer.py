@@ -38,8 +38,10 @@ def _start(tmp_path, tiny_bundle, *, world: int, steps: int, overrides=(), stora
     return procs, out
 
 
-def _finish(procs: list[subprocess.Popen], out: Path, *, killed: bool = False) -> list[dict]:
-    """Wait for every rank; each rank's record (with its `log`), or only its `log` where it was to kill itself."""
+def _finish(procs: list[subprocess.Popen], out: Path, *, killed: bool = False,
+            expect_failure: bool = False) -> list[dict]:
+    """Wait for every rank; each rank's record (with its `log`), or only its `log` where it was to kill itself
+    (`killed`) or to fail (`expect_failure`: an exit status other than 0)."""
     try:
         for p in procs:
             p.wait(timeout=600)
@@ -53,16 +55,20 @@ def _finish(procs: list[subprocess.Popen], out: Path, *, killed: bool = False) -
         if killed:
             assert p.returncode == -signal.SIGKILL, log[-4000:]
             records.append({"log": log})
+        elif expect_failure:
+            assert p.returncode not in (0, -signal.SIGKILL), log[-4000:]
+            records.append({"log": log})
         else:
             assert p.returncode == 0, log[-4000:]
             records.append(json.loads((out / f"rank{r}.json").read_text()) | {"log": log})
     return records
 
 
-def _run(tmp_path, tiny_bundle, *, world: int, steps: int, overrides=(), killed: bool = False, **spec) -> list[dict]:
+def _run(tmp_path, tiny_bundle, *, world: int, steps: int, overrides=(), killed: bool = False,
+         expect_failure: bool = False, **spec) -> list[dict]:
     """Run `tests/trainer_worker.py` on `world` gloo ranks; each rank's record."""
     return _finish(*_start(tmp_path, tiny_bundle, world=world, steps=steps, overrides=overrides, **spec),
-                   killed=killed)
+                   killed=killed, expect_failure=expect_failure)
 
 
 @pytest.fixture(scope="module")

@@ -458,11 +458,12 @@ class TrainConfig:
     published as `ic_lora_av2av.best.safetensors`.
     """
 
-    holdout_pairs: int = between(0, 0, 1000)
+    holdout_pairs: int = between(0, 0, 100)
     """Pairs cached with the others but never trained on, chosen by a stable hash of their names.
 
     The same archive always holds out the same pairs, whatever their order in the zip. 0: no held-out
-    pair and no evaluation. At least one pair must be left to train on.
+    pair and no evaluation. At least one pair must be left to train on. Every rank holds the held-out
+    pairs and as many training pairs in memory for the run.
     """
     eval_every: Optional[int] = must(None, lambda v: v is None or 1 <= v <= 20000, "must be between 1 and 20000, got {value}")
     """Steps between evaluations (one also runs at step 0 and after the last step). Unset: `preview.every`."""

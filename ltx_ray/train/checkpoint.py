@@ -228,14 +228,33 @@ def check_resumable(job: JobConfig, store: RunStore) -> StoredCheckpoint | None:
                                   f"{saved} samples per step, this config {job.cluster.global_batch_size}: set "
                                   f"cluster.global_batch_size={saved} to continue it (a step must stay the same "
                                   "step), or start afresh under another storage.run_name"))
-    held = state.get("holdout_pairs", 0)
-    if held != job.train.holdout_pairs:
+    held = state.get("holdout_pairs", 0)  # a checkpoint written before held-out pairs existed held none out
+    complete = int(state.get("step", 0)) >= job.request.number_of_steps  # nothing left to train: outputs only
+    if held != job.train.holdout_pairs and complete:
+        log.warning("this run was trained holding out %d pair(s), the config says %d; it is complete, so its "
+                    "outputs are published as they are", held, job.train.holdout_pairs)
+    elif held != job.train.holdout_pairs:
         raise ConfigError(Problem("train.holdout_pairs",
                                   f"the run's checkpoint at step {state.get('step')} ({newest.uri}) was trained "
                                   f"holding out {held} pair(s), this config {job.train.holdout_pairs}: set "
                                   f"train.holdout_pairs={held} to continue it, or start afresh under another "
                                   "storage.run_name"))
     return newest
+
+
+def check_holdout_names(store: RunStore, names: list[str]) -> None:
+    """Refuse continuing a run whose checkpoint held out other pairs than `names` (the cache was rebuilt and
+    another set came out): pairs already trained on would count as held out, and the best would be judged
+    on two sets."""
+    newest = latest(store)
+    if newest is None:
+        return
+    recorded = json.loads(store.read(newest.file_uri(STATE_FILE))).get("holdout")
+    if recorded and sorted(recorded) != sorted(names):
+        raise ConfigError(Problem("train.holdout_pairs",
+                                  f"the run's checkpoint at step {newest.step} held out {sorted(recorded)}, this "
+                                  f"archive's cache now gives {sorted(names)}: start afresh under another "
+                                  "storage.run_name"))
 
 
 class CheckpointWriter:
@@ -286,6 +305,10 @@ class CheckpointWriter:
             try:
                 if self.error is None:
                     self.published = publish(local, self.store, step, self.job.checkpoint.keep)
+                    from tqdm import tqdm
+
+                    # Above the training bar, which this thread's line would otherwise break.
+                    tqdm.write(f"ltx-ray: checkpoint of step {step} in storage: {self.published.uri}")
             except StorageError as exc:
                 self.error = exc
             except Exception as exc:  # noqa: BLE001 - kept for the loop to raise in its own thread

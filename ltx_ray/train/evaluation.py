@@ -13,6 +13,12 @@ first's). So every point of a run is comparable with every other:
 - `eval/<split>/reference_gain_<modality>`: swapped-reference loss / own-reference loss (also per σ).
   Above 1 the LoRA conditions on the reference; at 1 it ignores it.
 
+A unit (a pair with one of its references) is one no-grad forward of its σ ladder as a batch of
+`len(SIGMAS)` samples: on a GPU its activations come and go block by block, below a training
+micro-step's, which keeps every block's input for backward (`ltx-ray estimate` counts the latter).
+Its cost in FLOPs is that of 2 x 2 x `holdout_pairs` x `len(SIGMAS)` sample forwards per evaluation,
+against about 4 (forward, recomputation, backward) x `global_batch_size` per training step.
+
 The work is spread over the ranks (pair and reference by pair and reference, round robin; under
 ZeRO-3, where a forward is a collective, every rank runs as many), each rank's losses go into its
 rows of one table, and one all-reduce on the training device (NCCL has no CPU tensors) gives every
@@ -44,6 +50,12 @@ NEAR_ONE = 1.1
 REFERENCE_ADVICE = ("the spec's advice: make the pairs well aligned and differing only by the intended "
                     "transformation, check that the reference scaling matches at inference; more steps or a "
                     "higher rank help a transformation that stays too weak")
+
+
+def improves(loss: float, best: Mapping[str, Any] | None) -> bool:
+    """Whether a held-out loss is the run's lowest yet (`best`: the lowest so far, or None); a loss that is not
+    finite (a diverged run) never is."""
+    return math.isfinite(loss) and (best is None or loss < best["loss"])
 
 
 def should_evaluate(job: JobConfig, done: int) -> bool:
@@ -120,9 +132,9 @@ def reference_warnings(summary: Mapping[str, Any]) -> list[str]:
     for m in MODALITIES:
         gain = summary.get(f"eval/holdout/reference_gain_{m}")
         if gain is not None and gain < NEAR_ONE:
-            out.append(f"{m} barely depends on its reference: its held-out loss with another pair's reference is "
-                       f"{gain:.2f}x its loss with its own at step {summary['step']} (1 = ignores it); "
-                       f"{REFERENCE_ADVICE}")
+            out.append(f"{m} barely depends on its reference: at step {summary['step']} its held-out loss with "
+                       f"another pair's reference is {gain:.2f}x its loss with its own (above 1: the reference "
+                       f"helps; 1: it is ignored); {REFERENCE_ADVICE}")
     return out
 
 
@@ -139,6 +151,8 @@ class Evaluator:
         if len(self.listed) < 2:
             raise ValueError("an evaluation needs at least two pairs (a held-out one and a training one)")
         self.units = [Unit(split, i, swapped) for split, i in self.listed for swapped in (False, True)]
+        self.row = {unit: k for k, unit in enumerate(self.units)}
+        self.sigma = torch.tensor(SIGMAS, dtype=torch.float32, device=device)  # copied to the device once
         self.lockstep = job.cluster.zero_stage == 3  # a forward gathers the parameters: every rank runs as many
 
     def mine(self) -> list[Unit | None]:
@@ -159,7 +173,7 @@ class Evaluator:
                 for unit in self.mine():
                     losses = self._losses(module, unit or self.units[0])
                     if unit is not None:
-                        table[self.units.index(unit)] = losses
+                        table[self.row[unit]] = losses
         finally:
             module.train(was_training)
         if dist.is_initialized() and dist.get_world_size() > 1:
@@ -174,7 +188,7 @@ class Evaluator:
 
     def reference_of(self, split: str, position: int) -> dict[str, Any]:
         """The sample whose reference pair (`split`, `position`) gets when swapped."""
-        k = self.listed.index((split, position))
+        k = self.row[Unit(split, position, False)] // 2  # units are listed pair by pair, own then swapped
         other_split, other = self.listed[(k + 1) % len(self.listed)]
         return self.sets[other_split][other]
 
@@ -185,16 +199,15 @@ class Evaluator:
         batch = {}
         for col in LATENT_TENSORS:
             source = reference if col in ("ref_video", "ref_audio") else sample
-            stacked = source[col].unsqueeze(0).expand(len(SIGMAS), *source[col].shape).contiguous()
-            batch[col] = stacked if col == "context_mask" else stacked.to(device=self.device, dtype=self.dtype)
+            one = source[col] if col == "context_mask" else source[col].to(device=self.device, dtype=self.dtype)
+            batch[col] = one.unsqueeze(0).expand(len(SIGMAS), *one.shape).contiguous()  # copied once, then repeated
         return batch
 
     def _losses(self, module: torch.nn.Module, unit: Unit) -> torch.Tensor:
         sample = self.sets[unit.split][unit.position]
         generators = [torch.Generator(device=self.device).manual_seed(_noise_seed(self.job.seed, int(sample["index"]), i))
                       for i in range(len(SIGMAS))]
-        sigma = torch.tensor(SIGMAS, dtype=torch.float32, device=self.device)
-        video, audio = av2av_sample_losses(module, self.batch(unit), generators, sigma, self.scaling)
+        video, audio = av2av_sample_losses(module, self.batch(unit), generators, self.sigma, self.scaling)
         return torch.stack([video, audio], dim=-1)
 
 

@@ -80,12 +80,13 @@ def publish(job: JobConfig, store: RunStore, checkpoint) -> tuple[dict[str, Any]
         if store.is_file(store.output(name)):
             result[key] = store.output(name)
     state = json.loads(store.read(checkpoint.file_uri(STATE_FILE)))
-    result.update(_publish_best(store, state.get("best")))
+    result.update(_publish_best(store, state.get("best"), state.get("holdout") or []))
     return result, state.get("evaluation")
 
 
-def _publish_best(store: RunStore, best: dict[str, Any] | None) -> dict[str, Any]:
-    """`best_lora_file` and `best_step`: the best checkpoint's LoRA copied out, with `best.json` beside it."""
+def _publish_best(store: RunStore, best: dict[str, Any] | None, held_out: list[str]) -> dict[str, Any]:
+    """`best_lora_file` and `best_step`: the best checkpoint's LoRA copied out, with `best.json` beside it (its
+    step, losses, checkpoint, and the held-out pairs it was judged on)."""
     from ltx_ray.train.checkpoint import LORA_FILE, step_uri
 
     if not best:
@@ -94,11 +95,14 @@ def _publish_best(store: RunStore, best: dict[str, Any] | None) -> dict[str, Any
     if not store.is_file(source):
         # Pruning keeps it; only a resume from an older checkpoint (a newer one damaged) can name one pruned since.
         log.warning("the best checkpoint (step %s) is no longer in storage: no best LoRA is published", best["step"])
+        for name in (BEST_LORA_NAME, BEST_NAME):  # an earlier publication's would name another step
+            store.delete(store.output(name))
         return {"best_lora_file": None, "best_step": None}
     target = store.output(BEST_LORA_NAME)
     store.copy(source, target)
     store.write(store.output(BEST_NAME), json.dumps({**best, "checkpoint": step_uri(store, int(best["step"])),
-                                                     "lora_file": target}, indent=2).encode())
+                                                     "lora_file": target, "held_out_pairs": held_out},
+                                                    indent=2).encode())
     return {"best_lora_file": target, "best_step": int(best["step"])}
 
 

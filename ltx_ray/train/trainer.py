@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from ltx_ray import tempdirs
 from ltx_ray.config.schema import JobConfig
@@ -28,7 +29,7 @@ from ltx_ray.train import batches, train_state, zero3
 from ltx_ray.train.checkpoint import CheckpointWriter, restore
 from ltx_ray.train.context import WorkerContext
 from ltx_ray.train.engine import build_engine
-from ltx_ray.train.evaluation import Evaluator, should_evaluate
+from ltx_ray.train.evaluation import Evaluator, improves, should_evaluate
 from ltx_ray.train.step import StepShape, train_step
 from ltx_ray.train.tracking import Tracker
 
@@ -49,6 +50,8 @@ class RunSetup:
     validation_file: str | None = None
     # `ltx-ray estimate`'s modelled bytes of a training worker (no CUDA-context allowance), if it ran.
     estimated_bytes: int | None = None
+    # The names of the pairs held out (`train.holdout_pairs`), recorded in every checkpoint.
+    holdout_names: tuple[str, ...] = ()
 
 
 def should_preview(job: JobConfig, done: int) -> bool:
@@ -74,6 +77,7 @@ class Trainer:
         self.engine = None
         self.history: list = []  # this (re)start's `StepMetrics`, step by step
         self.evaluations: list = []  # this (re)start's held-out evaluations (`evaluation.Evaluation`)
+        self.trained_pairs: list[int] = []  # with held-out pairs: the pairs (manifest indices) this worker trains on
         self.recomputed_blocks = 0  # ltx-core block forwards run again in backward, in the first step
 
     def train(self) -> None:
@@ -105,7 +109,7 @@ class Trainer:
         preemption = _PreemptionVote(ctx)
         memory = PeakMemory(engine, device)
         saved_step, preemption_saved = start, False  # the newest step whose state is in storage
-        evaluator = self._evaluator()
+        evaluator = self._evaluator(samples)
         # The lowest held-out loss so far (step, losses) and the last evaluation: carried in every checkpoint.
         best, last_eval = resumed.get("best"), resumed.get("evaluation")
 
@@ -118,6 +122,7 @@ class Trainer:
                                                     "samples_seen": done * shape.global_batch_size},
                     "seed": job.seed, "global_batch_size": shape.global_batch_size, "world_size": world,
                     "resumed_from": start, "reason": reason, "holdout_pairs": job.train.holdout_pairs,
+                    "holdout": list(self.setup.holdout_names), "trained_pairs": self.trained_pairs,
                     "best": best, "evaluation": last_eval})
 
         def evaluate(done: int) -> bool:
@@ -128,8 +133,8 @@ class Trainer:
             last_eval = result.summary()
             tracker.log(result.metrics(), step=done)
             if rank == 0:
-                _write(progress, f"ltx-ray: {result.line()}")
-            if done == 0 or (best is not None and result.holdout_loss >= best["loss"]):
+                tqdm.write(f"ltx-ray: {result.line()}")  # above the training bar
+            if done == 0 or not improves(result.holdout_loss, best):
                 return False  # step 0 is no candidate: there is no trained LoRA to keep
             best = {"step": done, "loss": result.holdout_loss,
                     **{f"loss_{m}": result.loss("holdout", m) for m in ("video", "audio")}}
@@ -210,11 +215,17 @@ class Trainer:
                 print("ltx-ray: this run is already complete; publishing its outputs again", flush=True)
         return start, resumed
 
-    def _evaluator(self) -> Evaluator | None:
-        """The held-out evaluation (every rank takes part), or None without held-out pairs."""
+    def _evaluator(self, samples) -> Evaluator | None:
+        """The held-out evaluation (every rank takes part), or None without held-out pairs; `samples`: this
+        worker's training samples, which must hold no held-out pair."""
         sets = self.context.eval_samples()
         if not sets or not len(sets.get("holdout", ())):
             return None
+        held = set(pairs_of(sets["holdout"]))
+        self.trained_pairs = sorted(pairs_of(samples))
+        overlap = held & set(self.trained_pairs)
+        if overlap:  # the driver's split makes this impossible: a wrong context must not pass unnoticed
+            raise RuntimeError(f"the held-out pairs {sorted(overlap)} are among the samples trained on")
         ctx = self.context
         return Evaluator(self.job, sets, rank=ctx.rank, world=ctx.world_size, device=ctx.device, dtype=self.dtype)
 
@@ -256,9 +267,10 @@ class Trainer:
         reel = previewer.run(self.engine.module, done, local_preview_dir(self.setup.run_name))
         if reel is None:
             return
-        self.store.upload(reel, self.store.output(reel.name))
+        uri = self.store.upload(reel, self.store.output(reel.name))
         if final:
             self.store.upload(reel, self.store.output(REEL_NAME))
+        tqdm.write(f"ltx-ray: preview of step {done}: {uri}")
         tracker.log_video("validation/reel", reel, step=done, caption=f"step {done}: reference | generated")
 
 
@@ -344,18 +356,16 @@ class _BlockCounter:
         return max(0, self.calls - len(self.blocks) * micro_steps)
 
 
-def _write(progress, line: str) -> None:
-    """A line on the console above the progress bar (when there is one), not through it."""
-    if progress is not None:
-        progress.write(line)
-    else:
-        print(line, flush=True)
+def pairs_of(samples) -> list[int]:
+    """The pairs (manifest indices) of a worker's samples: a `LatentReader`'s index lists them without reading one."""
+    index = getattr(samples, "index", None)
+    if index is not None and hasattr(index, "samples"):
+        return [row.pair for row in index.samples]
+    return [int(sample["index"]) for sample in samples]
 
 
 def _progress_bar(rank: int, start: int, total: int):
     if rank != 0:
         return None
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=start, desc="train", unit="step", mininterval=2.0)
 
