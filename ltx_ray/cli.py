@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from ltx_ray import tempdirs
+from ltx_ray import console, tempdirs
 from ltx_ray.errors import UserError
 
 log = logging.getLogger("ltx_ray")
@@ -19,12 +19,18 @@ def _parser() -> argparse.ArgumentParser:
         description="Train an LTX-2.3 or LTX-2.5 audio+video IC-LoRA on Ray Train + DeepSpeed.",
     )
     sub = p.add_subparsers(dest="command", required=True)
+    # Every command: quiet by default (our lines, one progress bar or line per stage, everyone's warnings).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="also print the INFO output of Ray, Ray Data, Ray Train and DeepSpeed, their progress "
+                             "displays, and the workers' lines with their (name pid=...) prefix; the complete logs "
+                             "are in Ray's session folder either way (e.g. /tmp/ray/session_latest/logs)")
     for name, help_ in (
         ("validate", "check a config against the spec and print it resolved (exit 2 on errors)"),
         ("preprocess", "fetch, decode and encode the dataset into the latent cache"),
         ("train", "run the whole job: preprocess, train, validate, write outputs"),
     ):
-        c = sub.add_parser(name, help=help_)
+        c = sub.add_parser(name, help=help_, parents=[common])
         c.add_argument("config", help="YAML config file (e.g. conf/default.yaml)")
         c.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. request.rank=64")
         if name == "validate":
@@ -32,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
                            help="print every field as path=value, resolved, with its description and rule")
     e = sub.add_parser(
         "estimate",
+        parents=[common],
         help="GPU memory per GPU of the config's run (training workers, rank 0's previews, an encoder actor), "
              "estimated on CPU from the real architecture",
         description="The transformer's architecture comes from model.checkpoint's safetensors header (read by "
@@ -47,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="count attention as CPU SDPA runs it, not as a GPU's fused kernel holds it")
     g = sub.add_parser(
         "generate",
+        parents=[common],
         help="run a trained av2av IC-LoRA on a reference clip and write the generated mp4 (video + audio)",
         description="Frames, frame rate, resolution and aspect ratio come from the config's request.validation_* "
                     "fields, steps and guidance from preview.*; override them as key=value.",
@@ -76,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = [*args.overrides, *rest]
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    console.setup(verbose=args.verbose)
     # `kill`, `ray job stop` and a pod's termination send SIGTERM: exit through the `finally` blocks, so
     # temporary folders go and the run's lease is released.
     tempdirs.exit_cleanly_on_sigterm()
@@ -84,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         job, _warnings = load_config(args.config, args.overrides, training=args.command not in ("generate", "estimate"))
+        if args.command == "train" and not args.verbose and not job.cluster.use_gpu:
+            # DeepSpeed's accelerator, before this process (and a local Ray instance's, which inherit its
+            # environment) imports DeepSpeed: told, it does not warn that it guessed the CPU.
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         if args.command == "validate":
             if os.path.isfile(job.request.training_data_url):
                 from ltx_ray.latents.holdout import check_local_archive

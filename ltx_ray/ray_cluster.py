@@ -9,7 +9,7 @@ import socket
 import ray
 from ray._private import services
 
-from ltx_ray import tempdirs
+from ltx_ray import console, tempdirs
 from ltx_ray.config.schema import JobConfig
 
 log = logging.getLogger(__name__)
@@ -21,14 +21,16 @@ def init_ray(job: JobConfig) -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS") or running_instance()
+    # Ray's own logging on the console: warnings (`--verbose`: INFO too); its log files keep every level.
+    level = console.library_level()
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=level)
         log.info("joined the Ray instance at %s", address)
     else:
         # A local instance: decode tasks, encoder actors and training workers are mostly
         # waiting on each other, so offer a few more logical CPUs than cores.
         cpus = max(4, os.cpu_count() or 1)
-        ray.init(num_cpus=cpus, logging_level=logging.WARNING)
+        ray.init(num_cpus=cpus, logging_level=level)
         log.info("started a local Ray instance (%d CPUs); it stops when this command ends", cpus)
     # ray.init puts its own SIGTERM handler in place, which aborts the process: ours exits through the
     # `finally` blocks instead (temporary folders removed, the run's lease released).

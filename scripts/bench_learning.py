@@ -37,8 +37,8 @@ before the last line, and the last evaluation's on it.
 
 Last line: `gain_video=… gain_audio=… reference_use_video=… reference_use_audio=…
 run_reference_gain_video=… run_reference_gain_audio=…`.
-Targets: every gain >= 2, every reference_use >= 1.5; the factor-1 run within
-10 minutes wall on a quiet 2-core machine (400 steps; more steps learn more).
+Targets: every gain >= 2, every reference_use >= 1.5; each factor setting within
+20 minutes wall on a quiet 2-core machine (1200 steps; more steps learn more).
 Work goes to `.cache/bench-learning/<tag>/`.
 """
 
@@ -76,7 +76,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--run-holdout", type=int, default=4,
                    help="train.holdout_pairs of the training run: that many of the training pairs are held out by "
                         "the product itself and evaluated during the run (its reference gains are printed last)")
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--warmup", type=int, default=10)

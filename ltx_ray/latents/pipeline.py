@@ -57,6 +57,7 @@ def build_latent_cache(job: JobConfig, store: RunStore | None = None) -> LatentC
     workdir = tempdirs.make("prep")
     try:
         archive = fetch(job.request.training_data_url, workdir, storage=job.storage)
+        log.info("fetched %s (%.1f MB)", redact_url(job.request.training_data_url), archive.stat().st_size / 1e6)
         key = cache_key(job, content_hash(archive), model_identity(files, job.storage))
         cached = find_cache(store, key)
         if cached is None:
@@ -81,6 +82,8 @@ def _plan(job: JobConfig, archive: Path, workdir: Path) -> tuple[list[dict], dic
 
     manifest = manifest_from_archive(archive, job.request, workdir, label=redact_url(job.request.training_data_url))
     check_holdout(job.train.holdout_pairs, len(manifest.pairs))  # before any clip is decoded
+    log.info("%d pair(s) accepted, %d skipped%s", len(manifest.pairs), len(manifest.skipped),
+             "".join(f"; {s.name}: {s.reason}" for s in manifest.skipped[:5]))
     rows = [
         {"index": i, "name": p.name, "caption": p.caption, "start_member": p.start_member, "end_member": p.end_member}
         for i, p in enumerate(manifest.pairs)

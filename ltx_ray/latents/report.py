@@ -36,9 +36,11 @@ def summarize(report: dict[str, Any], rows: list[dict], seconds: float) -> dict[
                        "clips_per_second": 2 * len(ok) / encode_s if encode_s else 0.0},
         },
     }
-    for stage, s in report["stages"].items():
-        log.info("%-10s pairs in %d, out %d, %.1f s in workers, %.2f clips/s", stage, s["pairs_in"],
-                 s["pairs_out"], s.get("task_seconds", s.get("actor_seconds", 0.0)), s["clips_per_second"])
+    # One line for the two stages (the figures per stage are in report.json).
+    d, e = report["stages"]["decode_fit"], report["stages"]["encode"]
+    log.info("decoded and encoded %d of %d pair(s) in %.0f s: decode %.1f s in workers (%.2f clips/s), "
+             "encode %.1f s (%.2f clips/s)", len(ok), len(rows), seconds, d["task_seconds"], d["clips_per_second"],
+             e["actor_seconds"], e["clips_per_second"])
     for f in failed:
         log.warning("pair %s was dropped: %s", f["name"], f["reason"])
     return report

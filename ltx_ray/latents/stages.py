@@ -13,6 +13,7 @@ the report names it and its reason; training reads only the rows without one.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -25,8 +26,9 @@ import numpy as np
 import pyarrow as pa
 import ray
 import ray.data
+from ray.data._internal.execution.execution_callback import ExecutionCallback
 
-from ltx_ray import tempdirs
+from ltx_ray import console, tempdirs
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.latents.blobs import allocate_packed, pack_tensors, unpack_tensors
 from ltx_ray.latents.cache import LATENT_TENSORS
@@ -75,16 +77,61 @@ def decode_stage(job: JobConfig, rows: list[dict], debug_uri: str = "") -> ray.d
         start += size
     # One row, and one block, per task. (Not `from_arrow` with uneven blocks: with Ray 2.60
     # its map tasks start new worker processes on every run instead of reusing idle ones.)
-    return ray.data.from_items(tasks, override_num_blocks=max(1, len(tasks))).map_batches(
+    ds = ray.data.from_items(tasks, override_num_blocks=max(1, len(tasks)))
+    # The context is this dataset's own (and the stages chained to it share it): Ray Data's progress
+    # display gives way to one line or bar for decode and encode together (`StageProgress`).
+    if console.configure_dataset(ds.context):
+        ds.context.custom_execution_callback_classes.append(functools.partial(StageProgress, len(rows)))
+    return ds.map_batches(
         decode_fit,
         fn_kwargs={"request": job.request, "storage": job.storage, "debug_uri": debug_uri},
         batch_size=1,
         num_cpus=1,
         # Decoding holds one pair's fitted frames at a time; this keeps the scheduler honest.
         memory=_decode_memory_bytes(job),
-        concurrency=workers,
+        compute=ray.data.TaskPoolStrategy(size=workers),
         runtime_env={"env_vars": LARGE_BUFFER_ENV},
     )
+
+
+class StageProgress(ExecutionCallback):
+    """The decode and encode stages' progress on the driver, in pairs: one bar on a terminal, else a line
+    every 10 s (`console.Progress`). Counted from the operators' output rows (a pair is a row in both);
+    a Ray Data without them (a later version) shows none rather than a wrong count."""
+
+    def __init__(self, pairs: int):
+        self.pairs, self.progress, self.seen = pairs, None, (-1, -1)
+
+    def before_execution_starts(self, executor) -> None:
+        self.progress = console.Progress("decode/encode", self.pairs, unit="pair", interval_s=10.0)
+
+    def on_execution_step(self, executor) -> None:
+        if self.progress is None:
+            return
+        try:
+            taken = [(op.name, op.metrics.row_outputs_taken) for op in executor._topology]
+        except Exception:  # noqa: BLE001 - a display, never a reason to stop
+            self.progress.close(final_line=False)
+            self.progress = None
+            return
+        decoded = sum(n for name, n in taken if decode_fit.__name__ in name)
+        encoded = sum(n for name, n in taken if Encode.__name__ in name)
+        if (decoded, encoded) != self.seen:
+            self.seen = decoded, encoded
+            self.progress.set_postfix_str(f"{decoded} decoded", refresh=False)
+            self.progress.update_to(encoded)
+
+    def after_execution_succeeds(self, executor) -> None:
+        self.on_execution_step(executor)
+        self._close()
+
+    def after_execution_fails(self, executor, error) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
 
 
 def _decode_memory_bytes(job: JobConfig) -> int:
@@ -181,6 +228,7 @@ class Encode:
         from ltx_ray.model.av2av import precision_dtype
         from ltx_ray.model.loader import load_audio_encoder, load_text_encoder, load_video_encoder
 
+        console.quiet_library_bars()
         self.device = torch.device("cuda" if use_gpu else "cpu")
         torch.set_num_threads(1)  # one CPU per actor (`ltx_ray.latents.pipeline`)
         self.dtype = precision_dtype(precision)

@@ -18,7 +18,7 @@ from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from ltx_ray import lease, tempdirs
+from ltx_ray import console, lease, tempdirs
 from ltx_ray.config.naming import run_name as derive_run_name
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.latents import holdout
@@ -124,6 +124,9 @@ def _train(job: JobConfig, store: RunStore) -> TrainResult:
     cache = build_latent_cache(job, store)
     # What the run trains on and what it holds out (refused here when no pair would be left to train on).
     samples = holdout.split(LatentIndex.read(cache.uri, job.storage), job.train.holdout_pairs)
+    checkpoint.check_holdout_names(store, samples.holdout.names)
+    if job.train.eval_every is not None and not samples.evaluated:
+        log.warning("train.eval_every is set but train.holdout_pairs is 0: there is nothing to evaluate")
     if samples.evaluated:
         print(f"ltx-ray: {len(samples.train)} pair(s) to train on, {len(samples.holdout)} held out "
               f"(train.holdout_pairs, never trained on: {', '.join(samples.holdout.names)}); evaluated with "
@@ -137,7 +140,8 @@ def _train(job: JobConfig, store: RunStore) -> TrainResult:
     setup = RunSetup(job=job, run_name=run, checkpoint_path=job.model.checkpoint,
                      wandb_dir=outputs.local_wandb_dir(run),
                      validation_file=validation_file,
-                     estimated_bytes=est.use("training worker").modelled if est is not None else None)
+                     estimated_bytes=est.use("training worker").modelled if est is not None else None,
+                     holdout_names=tuple(samples.holdout.names))
 
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -168,6 +172,8 @@ def _train(job: JobConfig, store: RunStore) -> TrainResult:
                 preemption_grace_s=job.cluster.preemption_grace_s,
             ),
             worker_runtime_env={"env_vars": worker_env(job)},
+            # Ray Train's own console lines (worker group start, resources); its log files keep every level.
+            logging_config=ray.train.LoggingConfig(log_level=logging.getLevelName(console.library_level())),
         ),
     )
     started = time.perf_counter()
@@ -203,11 +209,15 @@ def _train(job: JobConfig, store: RunStore) -> TrainResult:
 
 def worker_env(job: JobConfig) -> dict[str, str]:
     """Environment of the training workers, set before they import torch or DeepSpeed."""
+    from ltx_ray import console
+
     return {
         "DS_ACCELERATOR": deepspeed_accelerator(job),
         # Previews decode and sample beside the training state: growable segments keep the caching
         # allocator from fragmenting between the step's and the preview's differently sized blocks.
         "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+        # The driver's console: quiet or --verbose, a terminal (progress bars) or not (lines).
+        **console.worker_env(train_worker=True),
     }
 
 

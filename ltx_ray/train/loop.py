@@ -14,6 +14,7 @@ import ray.train
 import ray.train.torch
 import torch
 
+from ltx_ray import console
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.errors import Problem
 from ltx_ray.latents.reader import LatentIndex, LatentReader
@@ -26,8 +27,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     `config`: `setup` (the driver's `RunSetup`), `outcome` (the driver's error-report actor), `latents`
     (the `LatentIndex` of the samples trained on) and `eval_latents` (the held-out evaluation's, by split).
     """
+    console.setup_worker()
     setup: RunSetup = config["setup"]
     context = RayWorkerContext(config["outcome"], config["latents"], setup.job, config.get("eval_latents"))
+    if context.rank == 0:
+        print(f"ltx-ray: {context.world_size} training worker(s) started ({context.device.type}, DeepSpeed "
+              f"ZeRO-{setup.job.cluster.zero_stage})", flush=True)
     Trainer(setup, context).train()
 
 
@@ -55,8 +60,11 @@ class RayWorkerContext:
         """The held-out evaluation's samples by split: few, each read once and held for the run."""
         if not self._eval_latents:
             return None
-        return {split: LatentReader(index, self._job.storage, capacity=max(1, len(index)))
-                for split, index in self._eval_latents.items()}
+        readers = {split: LatentReader(index, self._job.storage, capacity=max(1, len(index)))
+                   for split, index in self._eval_latents.items()}
+        for reader in readers.values():
+            reader.prefetch(range(len(reader)))  # in the background, a shard read once for its samples
+        return readers
 
     def preemption_announced(self) -> bool:
         """Whether Ray has announced that a node of this worker group is going (a drain with a deadline)."""

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ltx_ray import tempdirs
+from ltx_ray import console, tempdirs
 from ltx_ray.config.schema import JobConfig
 from ltx_ray.estimate.estimate import GIB
 from ltx_ray.estimate.tracker import StorageTracker
@@ -367,5 +367,8 @@ def pairs_of(samples) -> list[int]:
 def _progress_bar(rank: int, start: int, total: int):
     if rank != 0:
         return None
-    return tqdm(total=total, initial=start, desc="train", unit="step", mininterval=2.0)
+    if console.is_verbose():
+        return tqdm(total=total, initial=start, desc="train", unit="step", mininterval=2.0)
+    # One bar, drawn in place by the driver, on a terminal; off one (CI, a pipe) a line every 30 s.
+    return console.Progress("train", total, initial=start, unit="step", interval_s=30.0)
 
