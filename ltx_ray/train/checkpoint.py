@@ -223,23 +223,25 @@ def check_resumable(job: JobConfig, store: RunStore) -> StoredCheckpoint | None:
     state = json.loads(store.read(newest.file_uri(STATE_FILE)))
     saved = state.get("global_batch_size")
     if saved != job.cluster.global_batch_size:
-        raise ConfigError(Problem("cluster.global_batch_size",
-                                  f"the run's checkpoint at step {state.get('step')} ({newest.uri}) trains "
-                                  f"{saved} samples per step, this config {job.cluster.global_batch_size}: set "
-                                  f"cluster.global_batch_size={saved} to continue it (a step must stay the same "
-                                  "step), or start afresh under another storage.run_name"))
+        raise _cannot_continue(newest, "cluster.global_batch_size", f"trains {saved} samples per step",
+                               job.cluster.global_batch_size, saved, " (a step must stay the same step)")
     held = state.get("holdout_pairs", 0)  # a checkpoint written before held-out pairs existed held none out
     complete = int(state.get("step", 0)) >= job.request.number_of_steps  # nothing left to train: outputs only
     if held != job.train.holdout_pairs and complete:
         log.warning("this run was trained holding out %d pair(s), the config says %d; it is complete, so its "
                     "outputs are published as they are", held, job.train.holdout_pairs)
     elif held != job.train.holdout_pairs:
-        raise ConfigError(Problem("train.holdout_pairs",
-                                  f"the run's checkpoint at step {state.get('step')} ({newest.uri}) was trained "
-                                  f"holding out {held} pair(s), this config {job.train.holdout_pairs}: set "
-                                  f"train.holdout_pairs={held} to continue it, or start afresh under another "
-                                  "storage.run_name"))
+        raise _cannot_continue(newest, "train.holdout_pairs", f"was trained holding out {held} pair(s)",
+                               job.train.holdout_pairs, held)
     return newest
+
+
+def _cannot_continue(newest: StoredCheckpoint, field: str, trained: str, configured: Any, saved: Any,
+                     why: str = "") -> ConfigError:
+    """The refusal of a run whose checkpoint `trained` so, where the config says `configured` for `field`."""
+    return ConfigError(Problem(field, f"the run's checkpoint at step {newest.step} ({newest.uri}) {trained}, this "
+                                      f"config {configured}: set {field}={saved} to continue it{why}, or start "
+                                      "afresh under another storage.run_name"))
 
 
 def check_holdout_names(store: RunStore, names: list[str]) -> None:
