@@ -12,13 +12,16 @@ Medians skip the first 10 steps (warm-up). The job's run checkpoints every
 `--checkpoint-every` steps; `checkpoint_stall_s` is the median time from the
 log of a step that writes a checkpoint to the next step's, less the same for
 steps that write none (the upload itself runs in the background). The held-out evaluation's cost (`train.holdout_pairs`, `ltx_ray.train.evaluation`): the same job
-again with 2 of the 4 pairs held out and the evaluation at its default interval (`preview.every`:
-at steps 0 and 100 of 100), side by side with the first: `eval_share` = the run's evaluation seconds
-(`eval/seconds`, every evaluation) / its training seconds (`step_time`, every step) + those, and
-the two runs' steps per second over the whole training loop (`fit`, worker start-up included).
+without and with 2 of the 4 pairs held out, the evaluation at its default interval (`preview.every`:
+at steps 0 and 100 of 100), side by side; steps per second over the training loop (every step's
+`step_time` plus every evaluation's `eval/seconds`, from the W&B histories) and over the whole fit.
+`eval_share` = 1 - with / without, at conf/default.yaml's global batch of 8 (here 1 worker
+accumulating 8 micro-steps; run-to-run noise in the step times is of the same order),
+`eval_time_share` the share of that run's loop spent evaluating, `eval_share_batch1` = 1 - with /
+without at one sample per step.
 Last line: `overhead_vs_bare=<ratio> data_stall_share=<fraction> checkpoint_stall_s=<seconds>
-eval_share=<fraction> eval_steps_per_s_ratio=<with / without>`, then the benchmark's wall time
-(the defaults keep it within 10 minutes on a quiet 2-core machine).
+eval_share=<fraction> eval_time_share=<fraction> eval_share_batch1=<fraction>`, then the benchmark's wall time (the defaults
+keep it within 10 minutes on a quiet 2-core machine).
 """
 
 from __future__ import annotations
@@ -75,6 +78,29 @@ def bare_loop(job, samples, steps: int) -> list[float]:
     return times
 
 
+def evaluation_cost(data, checkpoint, gemma, tmp: Path, args, gbs: int) -> dict:
+    """Steps per second of the job without and with held-out pairs (2 of 4), side by side: over the training
+    loop (every step's time plus every evaluation's, from the runs' W&B histories) and over the whole fit."""
+    out: dict = {}
+    for holdout, key in ((0, "without"), (2, "with")):
+        run = f"bench-eval-{gbs}-{holdout}"
+        job, _ = load_config(ROOT / "conf" / "demo.yaml", [
+            f"request.training_data_url={data.archive}", f"model.checkpoint={checkpoint}",
+            f"model.text_encoder={gemma}", f"storage.storage_path={tmp / 'runs'}", f"storage.run_name={run}",
+            "request.validation=[]", f"request.number_of_steps={args.steps}", "cluster.num_workers=1",
+            "cluster.resources_per_worker={CPU: 1}", "cluster.gradient_checkpointing=false",
+            f"cluster.global_batch_size={gbs}", f"checkpoint.every={args.steps}",
+            f"train.holdout_pairs={holdout}", "train.eval_every=null"])
+        fit = run_training(job).seconds
+        rows = read_offline_history(Path(RunStore(job.storage, run).output("wandb")) / f"run-{run}.wandb")
+        evaluated = sum(r["eval/seconds"] for r in rows if "eval/seconds" in r)
+        out[key] = args.steps / (sum(r["step_time"] for r in rows if "step_time" in r) + evaluated)
+        out[f"fit_{key}"] = args.steps / fit
+        if holdout:
+            out["eval_s"], out["steps"] = evaluated, [r["_step"] for r in rows if "eval/seconds" in r]
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100, help="at least 100, the spec's minimum (default 100)")
@@ -94,22 +120,13 @@ def main() -> int:
             f"checkpoint.every={args.checkpoint_every}", "train.holdout_pairs=0",
         ],
     )
-    # The same job holding 2 pairs out, evaluated at the default interval (train.eval_every unset: preview.every).
-    evaluated, _ = load_config(ROOT / "conf" / "demo.yaml", [
-        f"request.training_data_url={data.archive}", f"model.checkpoint={checkpoint}", f"model.text_encoder={gemma}",
-        f"storage.storage_path={tmp / 'runs'}", "storage.run_name=bench-eval", "request.validation=[]",
-        f"request.number_of_steps={args.steps}", "cluster.num_workers=1", "cluster.resources_per_worker={CPU: 1}",
-        "cluster.gradient_checkpointing=false", f"checkpoint.every={args.checkpoint_every}",
-        "train.holdout_pairs=2", "train.eval_every=null"])
     ray.init(address="local", num_cpus=2, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
-    plain_fit = run_training(job).seconds
-    eval_fit = run_training(evaluated).seconds
-    eval_rows = read_offline_history(Path(RunStore(evaluated.storage, "bench-eval").output("wandb")) / "run-bench-eval.wandb")
-    eval_seconds = sum(r["eval/seconds"] for r in eval_rows if "eval/seconds" in r)
-    eval_train_seconds = sum(r["step_time"] for r in eval_rows if "step_time" in r)
-    evaluations = [r["_step"] for r in eval_rows if "eval/seconds" in r]
-    eval_share = eval_seconds / (eval_seconds + eval_train_seconds)
+    run_training(job)
+    # The held-out evaluation's cost: the same job without and with 2 of the 4 pairs held out, evaluated at the
+    # default interval (train.eval_every unset: preview.every), side by side, at conf/default.yaml's global batch
+    # (8: 8 workers x micro-batch 1; here 1 worker accumulating 8) and at the benchmark's own (1).
+    costs = {gbs: evaluation_cost(data, checkpoint, gemma, tmp, args, gbs) for gbs in (8, 1)}
     history = [r for r in read_offline_history(Path(RunStore(job.storage, "bench").output("wandb")) / "run-bench.wandb")
                if "step_time" in r]
     ray_steps = [r["step_time"] for r in history][WARMUP:]
@@ -129,12 +146,14 @@ def main() -> int:
     print(f"median step: Ray Train + DeepSpeed {ray_median * 1000:.1f} ms, bare PyTorch {bare_median * 1000:.1f} ms")
     print(f"{len(with_checkpoint)} steps that checkpoint: {statistics.median(with_checkpoint) * 1000:.0f} ms to the "
           f"next step's log, others {statistics.median(without) * 1000:.0f} ms")
-    print(f"evaluation (2 held-out pairs, at steps {evaluations}): {eval_seconds:.2f} s against "
-          f"{eval_train_seconds:.1f} s of training steps; whole loop {args.steps / plain_fit:.2f} steps/s without, "
-          f"{args.steps / eval_fit:.2f} with (worker start-up included)")
+    for gbs, c in costs.items():
+        print(f"evaluation, global batch {gbs} (2 held-out pairs, at steps {c['steps']}): {c['eval_s']:.2f} s; "
+              f"steps/s without {c['without']:.2f}, with {c['with']:.2f} (training steps and evaluations; "
+              f"whole fit, worker start-up included: {c['fit_without']:.2f} and {c['fit_with']:.2f})")
     print(f"overhead_vs_bare={ray_median / bare_median:.2f} data_stall_share={statistics.median(stall):.4f} "
-          f"checkpoint_stall_s={checkpoint_stall:.3f} eval_share={eval_share:.4f} "
-          f"eval_steps_per_s_ratio={plain_fit / eval_fit:.3f}")
+          f"checkpoint_stall_s={checkpoint_stall:.3f} eval_share={1 - costs[8]['with'] / costs[8]['without']:.4f} "
+          f"eval_time_share={costs[8]['eval_s'] * costs[8]['with'] / args.steps:.4f} "
+          f"eval_share_batch1={1 - costs[1]['with'] / costs[1]['without']:.4f}")
     print(f"wall time: {time.perf_counter() - started:.0f} s")
     return 0
 
