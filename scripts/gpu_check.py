@@ -9,7 +9,7 @@ Needs no Ray and no W&B (`scripts/gpu_check.sh` packs what an air-gapped GPU mac
    context (`DistContext`), bf16 on CUDA, gradient checkpointing on, ZeRO-2 then ZeRO-3, 3 steps each:
    finite loss, non-zero LoRA gradients, ltx-core's blocks recomputed in backward, the step-3 checkpoint
    written and loaded back into a new engine bit for bit, the held-out evaluation at steps 0 and 3 (bf16 forwards
-   and one all-reduce on the device), one preview with all four guidance passes
+   and CUDA generators on the device; its one all-reduce, NCCL, with more than one GPU), one preview with all four guidance passes
    (spread over the ranks under ZeRO-2) decoded tiled into the reel;
 2. `ltx-ray generate` (`ltx_ray.sample.generate`) on the ZeRO-2 run's LoRA: an mp4 with video and audio;
 3. a real-width step: the LTX-2.3 22B block configuration (`--cpu`: the tiny one) with 2 and 4 blocks at
@@ -136,7 +136,7 @@ def _rank_main(a) -> int:
     cpu = a.cpu
     world = int(os.environ["WORLD_SIZE"])
     samples = _tiny_samples(inputs["checkpoint"])
-    # Four to train on, two held out: the evaluation's forwards, on the device, and its one all-reduce (NCCL).
+    # Four to train on, two held out: the evaluation's forwards on the device (its all-reduce with 2+ GPUs).
     ctx = DistContext(samples[:4], use_gpu=not cpu, timeout_s=600,
                       eval_samples={"holdout": samples[4:], "train": samples[:2]})
     checks = Checks(ctx.rank)
