@@ -93,9 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         job, _warnings = load_config(args.config, args.overrides, training=args.command not in ("generate", "estimate"))
         if args.command == "train" and not args.verbose and not job.cluster.use_gpu:
+            from ltx_ray.train.deepspeed_config import deepspeed_accelerator  # no DeepSpeed import
+
             # DeepSpeed's accelerator, before this process (and a local Ray instance's, which inherit its
             # environment) imports DeepSpeed: told, it does not warn that it guessed the CPU.
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+            os.environ.setdefault("DS_ACCELERATOR", deepspeed_accelerator(job))
         if args.command == "validate":
             if os.path.isfile(job.request.training_data_url):
                 from ltx_ray.latents.holdout import check_local_archive

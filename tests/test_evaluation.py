@@ -216,7 +216,7 @@ def test_the_held_out_pairs_are_never_in_a_training_batch_and_the_debug_dataset_
 
 def test_a_run_is_not_continued_with_other_held_out_pairs_unless_it_is_complete(tmp_path, tiny_bundle, sample_dataset):
     from ltx_ray.run_store import RunStore
-    from ltx_ray.train.checkpoint import STATE_FILE, check_holdout_names, check_resumable, publish
+    from ltx_ray.train.checkpoint import STATE_FILE, check_holdout_names, check_resumable, latest, publish
 
     job = tiny_job(tiny_bundle, sample_dataset, str(tmp_path), "resume", "train.holdout_pairs=1", steps=10)
     store = RunStore(job.storage, "resume")
@@ -226,9 +226,9 @@ def test_a_run_is_not_continued_with_other_held_out_pairs_unless_it_is_complete(
     (local / STATE_FILE).write_text(json.dumps(state))
     publish(local, store, 5, keep=3)
     assert check_resumable(job, store).step == 5
-    check_holdout_names(store, ["b"])
+    check_holdout_names(latest(store), store, ["b"])
     with pytest.raises(ConfigError, match="held out \\['b'\\], this archive's cache now gives \\['c'\\]"):
-        check_holdout_names(store, ["c"])
+        check_holdout_names(latest(store), store, ["c"])
     other = tiny_job(tiny_bundle, sample_dataset, str(tmp_path), "resume", "train.holdout_pairs=2", steps=10)
     with pytest.raises(ConfigError) as err:
         check_resumable(other, store)

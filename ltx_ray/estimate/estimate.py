@@ -201,10 +201,10 @@ def _allowance(modelled: int) -> int:
     return int(FIXED_ALLOWANCE + FRAGMENTATION * modelled)
 
 
-def _gemma_use(job: JobConfig, arch: Architecture, shapes, element_bytes: int) -> tuple[dict[str, int], list[str]]:
+def _gemma_use(job: JobConfig, arch: Architecture, shapes, element_bytes: int) -> tuple[dict[str, int], str, str]:
     """The Gemma text encoder (Gemma-3, or LTX-2.5's Gemma-4) + our connectors on the encoder actor: weights
     counted on the meta device, the forward of one padded caption from its sizes (every hidden state is kept;
-    one layer's working set)."""
+    one layer's working set). Returns the bytes by kind, the Gemma's name and where its sizes came from."""
     from ltx_ray.estimate.architecture import TEXT_TOKENS
     from ltx_ray.estimate.text_encoder import gemma_config, gemma_parameters
     from ltx_ray.model.loader import build_embeddings_processor
@@ -217,7 +217,7 @@ def _gemma_use(job: JobConfig, arch: Architecture, shapes, element_bytes: int) -
     weights = (gemma_parameters(config) + connectors) * element_bytes
     hidden = (text.num_hidden_layers + 1) * TEXT_TOKENS * text.hidden_size * element_bytes
     layer = TEXT_TOKENS * (3 * text.intermediate_size + 4 * text.hidden_size) * element_bytes
-    return {"parameters": weights, "activations": hidden, "temporaries": layer}, [f"{_gemma_name(config)} sizes from {source}"]
+    return {"parameters": weights, "activations": hidden, "temporaries": layer}, _gemma_name(config), source
 
 
 def _gemma_name(config) -> str:
@@ -289,11 +289,12 @@ def estimate(job: JobConfig, *, exact_depth: bool = False, gpu_attention: bool =
                            [f"{passes} guidance pass(es) per step as one batch"] + preview.notes))
 
     encoders = memory.encoder_step(arch, shapes, dtype=dtype)
-    gemma, gemma_notes = _gemma_use(job, arch, shapes, element_bytes)
+    gemma, gemma_name, gemma_source = _gemma_use(job, arch, shapes, element_bytes)
     enc = {k: encoders.kinds.get(k, 0) + gemma.get(k, 0) for k in ("parameters", "activations", "temporaries",
                                                                     "inputs")}
     uses.append(GpuUse("encoder actor", enc, _allowance(sum(enc.values())),
-                       [f"VAE encoders on one pair (measured) + {gemma_notes[0].split(' ')[0]} and connectors"] + gemma_notes))
+                       [f"VAE encoders on one pair (measured) + {gemma_name} and connectors",
+                        f"{gemma_name} sizes from {gemma_source}"]))
 
     return Estimate(
         architecture=arch.source, architecture_note=note,

@@ -70,7 +70,6 @@ def build_latent_cache(job: JobConfig, store: RunStore | None = None) -> LatentC
                         row["archive_uri"] = staged
                     return _run_pipeline(job, store, key, rows, report)
         log.info("latent cache hit: %s (%d pairs); no clip is decoded", cached.uri, cached.report["pairs_out"])
-        check_holdout(job.train.holdout_pairs, cached.report["pairs_out"])
         return cached
     finally:
         tempdirs.remove(workdir)

@@ -244,11 +244,10 @@ def _cannot_continue(newest: StoredCheckpoint, field: str, trained: str, configu
                                       "afresh under another storage.run_name"))
 
 
-def check_holdout_names(store: RunStore, names: list[str]) -> None:
-    """Refuse continuing a run whose checkpoint held out other pairs than `names` (the cache was rebuilt and
-    another set came out): pairs already trained on would count as held out, and the best would be judged
-    on two sets."""
-    newest = latest(store)
+def check_holdout_names(newest: StoredCheckpoint | None, store: RunStore, names: list[str]) -> None:
+    """Refuse continuing a run whose checkpoint (`newest`: the one `check_resumable` found) held out other pairs
+    than `names` (the cache was rebuilt and another set came out): pairs already trained on would count as held
+    out, and the best would be judged on two sets."""
     if newest is None:
         return
     recorded = json.loads(store.read(newest.file_uri(STATE_FILE))).get("holdout")

@@ -110,10 +110,10 @@ def run_training(job: JobConfig) -> TrainResult:
     tempdirs.sweep()
     # One driver per run: a second one for the same run stops here, naming the first.
     with lease.hold(store):
-        return _train(job, store)
+        return _train(job, store, resume)
 
 
-def _train(job: JobConfig, store: RunStore) -> TrainResult:
+def _train(job: JobConfig, store: RunStore, resume: checkpoint.StoredCheckpoint | None) -> TrainResult:
     # Will it fit? Asked before Ray books any GPU (warns; a CPU job without cluster.gpu_memory_gb skips it).
     # The same estimate is the figure the workers set their measured step 1 against.
     est = _estimate(job)
@@ -124,7 +124,7 @@ def _train(job: JobConfig, store: RunStore) -> TrainResult:
     cache = build_latent_cache(job, store)
     # What the run trains on and what it holds out (refused here when no pair would be left to train on).
     samples = holdout.split(LatentIndex.read(cache.uri, job.storage), job.train.holdout_pairs)
-    checkpoint.check_holdout_names(store, samples.holdout.names)
+    checkpoint.check_holdout_names(resume, store, samples.holdout.names)
     if job.train.eval_every is not None and not samples.evaluated:
         log.warning("train.eval_every is set but train.holdout_pairs is 0: there is nothing to evaluate")
     if samples.evaluated:

@@ -91,7 +91,8 @@ def _publish_best(store: RunStore, best: dict[str, Any] | None, held_out: list[s
 
     if not best:
         return {"best_lora_file": None, "best_step": None}
-    source = join(step_uri(store, int(best["step"])), LORA_FILE)
+    folder = step_uri(store, int(best["step"]))
+    source = join(folder, LORA_FILE)
     if not store.is_file(source):
         # Pruning keeps it; only a resume from an older checkpoint (a newer one damaged) can name one pruned since.
         log.warning("the best checkpoint (step %s) is no longer in storage: no best LoRA is published", best["step"])
@@ -100,7 +101,7 @@ def _publish_best(store: RunStore, best: dict[str, Any] | None, held_out: list[s
         return {"best_lora_file": None, "best_step": None}
     target = store.output(BEST_LORA_NAME)
     store.copy(source, target)
-    store.write(store.output(BEST_NAME), json.dumps({**best, "checkpoint": step_uri(store, int(best["step"])),
+    store.write(store.output(BEST_NAME), json.dumps({**best, "checkpoint": folder,
                                                      "lora_file": target, "held_out_pairs": held_out},
                                                     indent=2).encode())
     return {"best_lora_file": target, "best_step": int(best["step"])}

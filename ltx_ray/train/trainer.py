@@ -29,7 +29,7 @@ from ltx_ray.train import batches, train_state, zero3
 from ltx_ray.train.checkpoint import CheckpointWriter, restore
 from ltx_ray.train.context import WorkerContext
 from ltx_ray.train.engine import build_engine
-from ltx_ray.train.evaluation import Evaluator, improves, should_evaluate
+from ltx_ray.train.evaluation import MODALITIES, Evaluator, improves, should_evaluate
 from ltx_ray.train.step import StepShape, train_step
 from ltx_ray.train.tracking import Tracker
 
@@ -137,7 +137,7 @@ class Trainer:
             if done == 0 or not improves(result.holdout_loss, best):
                 return False  # step 0 is no candidate: there is no trained LoRA to keep
             best = {"step": done, "loss": result.holdout_loss,
-                    **{f"loss_{m}": result.loss("holdout", m) for m in ("video", "audio")}}
+                    **{f"loss_{m}": result.loss("holdout", m) for m in MODALITIES}}
             return True
 
         def on_preemption_notice(step: int) -> None:
@@ -183,9 +183,10 @@ class Trainer:
             improved = evaluator is not None and should_evaluate(job, done) and evaluate(done)
             if previewer is not None and should_preview(job, done):
                 self._preview(previewer, done, final=done == total, tracker=tracker)
-            if should_checkpoint(job, done) or improved:
+            interval = should_checkpoint(job, done)
+            if interval or improved:
                 # A new lowest held-out loss is checkpointed even between intervals: it is the best LoRA.
-                checkpoint(done, "final" if done == total else "interval" if should_checkpoint(job, done) else "best")
+                checkpoint(done, "final" if done == total else "interval" if interval else "best")
                 saved_step = done
 
         if progress is not None:
